@@ -1,0 +1,70 @@
+"""Create or refresh the lock file of the generated project with its own tool.
+
+Runs as a copier task after copy and update. Every tool keeps the versions already locked
+and only resolves what changed, so running it after an update is safe. Skip it with
+`copier copy --skip-tasks`, then run the command it prints yourself.
+"""
+
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+COMMANDS = {
+    "uv": [["uv", "lock"]],
+    "poetry": [["poetry", "lock"]],
+    "pip": [
+        [
+            "pip-compile",
+            "--quiet",
+            "--generate-hashes",
+            "--strip-extras",
+            "requirements.in",
+        ],
+        [
+            "pip-compile",
+            "--quiet",
+            "--generate-hashes",
+            "--strip-extras",
+            "requirements-dev.in",
+        ],
+    ],
+}
+
+
+def pip_compile() -> str:
+    """Find pip-compile, or install pip-tools into a throwaway environment for this run."""
+    found = shutil.which("pip-compile")
+    if found:
+        return found
+    venv = Path(tempfile.mkdtemp(prefix="pip-tools-"))
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    subprocess.run(
+        [str(venv / "bin" / "pip"), "install", "--quiet", "pip-tools"], check=True
+    )
+    return str(venv / "bin" / "pip-compile")
+
+
+def main(tool: str) -> int:
+    commands = COMMANDS[tool]
+    if tool == "pip":
+        executable = pip_compile()
+        commands = [[executable, *command[1:]] for command in commands]
+    elif shutil.which(tool) is None:
+        printable = " && ".join(" ".join(command) for command in commands)
+        print(
+            f"{tool} is not installed: install it, then run `{printable}`.",
+            file=sys.stderr,
+        )
+        return 1
+    for command in commands:
+        print("Locking:", " ".join(command[1:]), flush=True)
+        result = subprocess.run(command)
+        if result.returncode != 0:
+            return result.returncode
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))

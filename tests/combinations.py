@@ -1,0 +1,109 @@
+"""The answers the tests render: every combination of the choice questions, and a covering set."""
+
+import itertools
+from typing import Any
+
+Answers = dict[str, Any]
+
+PYTHON_VERSIONS = ["3.11", "3.12", "3.13"]
+DEPENDENCY_TOOLS = ["uv", "poetry", "pip"]
+LAYOUTS = ["package", "single_file"]
+PROCESS_MODELS = ["single", "workers"]
+REVERSE_PROXIES = ["none", "traefik", "nginx", "external"]
+DATABASES = [
+    {"database": "none"},
+    {"database": "sqlite", "migrations": True},
+    {"database": "sqlite", "migrations": False},
+    {"database": "postgresql", "migrations": True},
+    {"database": "postgresql", "migrations": False},
+]
+
+# Poetry's built-in PyPI source needs PyPI's JSON API, which this machine cannot reach; the
+# simple index works for every tool, so projects that are locked here use it.
+SIMPLE_INDEX = "https://pypi.org/simple/"
+
+
+def every_combination() -> list[Answers]:
+    """The full product of the choice questions."""
+    return [
+        {
+            "python_version": python,
+            "dependency_tool": tool,
+            "layout": layout,
+            "process_model": process,
+            "reverse_proxy": proxy,
+            **database,
+        }
+        for python, tool, layout, process, proxy, database in itertools.product(
+            PYTHON_VERSIONS, DEPENDENCY_TOOLS, LAYOUTS, PROCESS_MODELS, REVERSE_PROXIES, DATABASES
+        )
+    ]
+
+
+def combination_id(answers: Answers) -> str:
+    parts = [str(value) for key, value in answers.items() if key != "package_index"]
+    return "-".join(parts)
+
+
+# Every value of every question at least once, and every dependency tool x layout pair.
+COVERING_SET: list[Answers] = [
+    {
+        "dependency_tool": "uv",
+        "layout": "package",
+        "python_version": "3.13",
+        "process_model": "single",
+        "reverse_proxy": "none",
+        "database": "sqlite",
+        "migrations": True,
+    },
+    {
+        "dependency_tool": "uv",
+        "layout": "single_file",
+        "python_version": "3.12",
+        "process_model": "workers",
+        "workers": 2,
+        "reverse_proxy": "traefik",
+        "database": "postgresql",
+        "migrations": True,
+    },
+    {
+        "dependency_tool": "poetry",
+        "layout": "package",
+        "python_version": "3.11",
+        "process_model": "workers",
+        "workers": 3,
+        "reverse_proxy": "nginx",
+        "database": "none",
+    },
+    {
+        "dependency_tool": "poetry",
+        "layout": "single_file",
+        "python_version": "3.13",
+        "process_model": "single",
+        "reverse_proxy": "external",
+        "forwarded_allow_ips": "10.0.0.0/8, 192.168.1.10",
+        "database": "postgresql",
+        "migrations": False,
+    },
+    {
+        "dependency_tool": "pip",
+        "layout": "package",
+        "python_version": "3.12",
+        "process_model": "single",
+        "reverse_proxy": "external",
+        "database": "postgresql",
+        "migrations": False,
+    },
+    {
+        "dependency_tool": "pip",
+        "layout": "single_file",
+        "python_version": "3.11",
+        "process_model": "workers",
+        "reverse_proxy": "none",
+        "database": "sqlite",
+        "migrations": False,
+    },
+]
+for answers in COVERING_SET:
+    if answers["dependency_tool"] == "poetry":
+        answers["package_index"] = SIMPLE_INDEX

@@ -1,0 +1,133 @@
+"""Render generated projects and drive them with their own tools."""
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import copier
+
+# uv must not download Pythons, and every pyenv Python must stay visible to child processes
+# (a pyenv shim otherwise narrows PYENV_VERSION to its own version).
+TOOL_ENV = {
+    "PYENV_VERSION": "3.11.7:3.12.1:3.13.0",
+    "UV_PYTHON_DOWNLOADS": "never",
+    "POETRY_VIRTUALENVS_IN_PROJECT": "true",
+    "POETRY_NO_INTERACTION": "1",
+    "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+}
+
+
+def tool_env(**extra: str) -> dict[str, str]:
+    """The environment for a generated project's tools: no inherited virtualenv."""
+    env = {key: value for key, value in os.environ.items() if key != "VIRTUAL_ENV"}
+    return {**env, **TOOL_ENV, **extra}
+
+
+def render(template: Path, dest: Path, answers: dict[str, Any], *, tasks: bool = False) -> Path:
+    """Copy the template with these answers (defaults for the rest)."""
+    copier.run_copy(
+        str(template),
+        str(dest),
+        data=answers,
+        defaults=True,
+        unsafe=True,
+        skip_tasks=not tasks,
+        quiet=True,
+    )
+    return dest
+
+
+def run(command: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run a command of the generated project; fail the test with its output if it fails."""
+    result = subprocess.run(
+        command, cwd=cwd, env=tool_env(**env), capture_output=True, text=True, timeout=900
+    )
+    if result.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(command)} exited {result.returncode} in {cwd}\n"
+            f"--- stdout\n{result.stdout[-6000:]}\n--- stderr\n{result.stderr[-6000:]}"
+        )
+    return result
+
+
+def install(project: Path, answers: dict[str, Any]) -> Path:
+    """Install the project's locked dependencies with its own tool; return its venv's bin/."""
+    tool = answers["dependency_tool"]
+    python = f"python{answers['python_version']}"
+    if tool == "uv":
+        run(["uv", "sync", "--locked", "--python", python], project)
+    elif tool == "poetry":
+        run(["poetry", "env", "use", python], project)
+        run(["poetry", "install"], project)
+    else:
+        run([python, "-m", "venv", ".venv"], project)
+        run([".venv/bin/pip", "install", "--require-hashes", "-r", "requirements-dev.txt"], project)
+    return project / ".venv" / "bin"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+def wait_for_http(url: str, timeout: float = 30.0, process: subprocess.Popen[str] | None = None) -> int:
+    """Poll a URL until it answers; return its status."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return http_get(url)[0]
+        except (OSError, urllib.error.URLError):
+            if process is not None and process.poll() is not None:
+                raise AssertionError(f"server exited {process.returncode}") from None
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def serve(command: list[str], cwd: Path, **env: str) -> Iterator[subprocess.Popen[str]]:
+    """Start a server process; stop it with SIGTERM when done."""
+    process = subprocess.Popen(
+        command, cwd=cwd, env=tool_env(**env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        yield process
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def snapshot(source: Path, dest: Path) -> Path:
+    """Copy the files git knows of (tracked or not ignored) — the template as it would be committed."""
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=source,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split("\0")
+    for name in filter(None, listed):
+        if (source / name).is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source / name, dest / name)
+    return dest
