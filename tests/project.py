@@ -87,7 +87,9 @@ def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
         return error.code, error.read()
 
 
-def wait_for_http(url: str, timeout: float = 30.0, process: subprocess.Popen[str] | None = None) -> int:
+def wait_for_http(
+    url: str, timeout: float = 30.0, process: subprocess.Popen[str] | None = None
+) -> int:
     """Poll a URL until it answers; return its status."""
     deadline = time.monotonic() + timeout
     while True:
@@ -105,7 +107,12 @@ def wait_for_http(url: str, timeout: float = 30.0, process: subprocess.Popen[str
 def serve(command: list[str], cwd: Path, **env: str) -> Iterator[subprocess.Popen[str]]:
     """Start a server process; stop it with SIGTERM when done."""
     process = subprocess.Popen(
-        command, cwd=cwd, env=tool_env(**env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        command,
+        cwd=cwd,
+        env=tool_env(**env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         yield process

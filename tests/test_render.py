@@ -1,6 +1,5 @@
 """Every combination of the choice questions renders a clean, consistent project."""
 
-import json
 import re
 import subprocess
 import sys
@@ -50,7 +49,9 @@ def ruff_findings(rendered: dict[str, Path]) -> dict[str, list[str]]:
     ruff = [sys.executable, "-m", "ruff"]
     check = subprocess.run(
         [*ruff, "check", "--no-cache", "--output-format", "concise", "."],
-        cwd=root, capture_output=True, text=True,
+        cwd=root,
+        capture_output=True,
+        text=True,
     )
     fmt = subprocess.run(
         [*ruff, "format", "--no-cache", "--check", "."], cwd=root, capture_output=True, text=True
@@ -63,7 +64,9 @@ def _text_files(project: Path) -> list[Path]:
 
 
 @pytest.mark.parametrize("answers", COMBINATIONS, ids=combination_id)
-def test_combination_renders_clean(answers: Answers, rendered: dict[str, Path], ruff_findings: dict[str, list[str]]) -> None:
+def test_combination_renders_clean(
+    answers: Answers, rendered: dict[str, Path], ruff_findings: dict[str, list[str]]
+) -> None:
     project = rendered[combination_id(answers)]
     problems: list[str] = []
     for path in _text_files(project):
@@ -74,7 +77,12 @@ def test_combination_renders_clean(answers: Answers, rendered: dict[str, Path], 
         if LEFTOVER.search(text):
             problems.append(f"{name}: Jinja leftover")
         blank_run = "\n\n\n\n" if path.suffix in {".py", ".mako"} else "\n\n\n"
-        if blank_run in text or text.startswith("\n") or text.endswith("\n\n") or not text.endswith("\n"):
+        if (
+            blank_run in text
+            or text.startswith("\n")
+            or text.endswith("\n\n")
+            or not text.endswith("\n")
+        ):
             problems.append(f"{name}: blank-line noise at start, end or in a run")
         if path.suffix == ".py":
             try:
