@@ -125,7 +125,7 @@ def serve(command: list[str], cwd: Path, **env: str) -> Iterator[subprocess.Pope
 
 
 def snapshot(source: Path, dest: Path) -> Path:
-    """Copy the files git knows of (tracked or not ignored) — the template as it would be committed."""
+    """Copy the files git knows of (tracked or not ignored): the template as committed."""
     listed = subprocess.run(
         ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
         cwd=source,
