@@ -1,0 +1,112 @@
+"""Drive the Docker engine for the tests: build generated projects, run them, clean up.
+
+Every image, container and compose project a test makes carries a unique name, so tests run in
+parallel (and several checkouts share one engine) without stepping on each other.
+"""
+
+import contextlib
+import functools
+import os
+import shutil
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+# BuildKit for cache and secret mounts; compose builds with its built-in builder where no buildx.
+DOCKER_ENV = {"DOCKER_BUILDKIT": "1", "COMPOSE_BAKE": "false"}
+
+
+@functools.cache
+def engine_problem() -> str | None:
+    """Why Docker cannot be used here, or None when an engine answers."""
+    if shutil.which("docker") is None:
+        return "no docker client on PATH"
+    try:
+        probe = subprocess.run(
+            ["docker", "info", "--format", "{{.ServerVersion}}"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+    except subprocess.TimeoutExpired:
+        return "docker info timed out"
+    if probe.returncode != 0:
+        return f"no Docker engine answers: {probe.stderr.strip()[:200]}"
+    return None
+
+
+def require_engine() -> None:
+    """Skip the calling test, saying why, where no engine can be had."""
+    problem = engine_problem()
+    if problem:
+        pytest.skip(f"Docker unavailable ({problem}); run ../shared/offline-docker/setup")
+
+
+def unique_name(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def docker(
+    *args: str, cwd: Path | None = None, check: bool = True, timeout: float = 900
+) -> subprocess.CompletedProcess[str]:
+    """Run a docker command; fail with its output when `check` and it fails."""
+    result = subprocess.run(
+        ["docker", *args],
+        cwd=cwd,
+        env={**os.environ, **DOCKER_ENV},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"docker {' '.join(args)} exited {result.returncode}\n"
+            f"--- stdout\n{result.stdout[-6000:]}\n--- stderr\n{result.stderr[-6000:]}"
+        )
+    return result
+
+
+def build(project: Path, tag: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    """Build the project's image; the plain progress output lists each step and CACHED ones."""
+    return docker("build", "--progress=plain", "-t", tag, *extra, ".", cwd=project)
+
+
+@contextlib.contextmanager
+def image(project: Path, prefix: str = "template-test") -> Iterator[str]:
+    """A freshly built image of the project, removed afterwards (its layers stay cached)."""
+    tag = unique_name(prefix)
+    build(project, tag)
+    try:
+        yield tag
+    finally:
+        docker("rmi", "-f", tag, check=False)
+
+
+@contextlib.contextmanager
+def container(tag: str, *run_args: str, command: tuple[str, ...] = ()) -> Iterator[str]:
+    """A detached container of the image; removed (with its anonymous volumes) afterwards."""
+    name = unique_name("template-test")
+    docker("run", "-d", "--name", name, *run_args, tag, *command)
+    try:
+        yield name
+    finally:
+        docker("rm", "-f", "-v", name, check=False)
+
+
+def logs(name: str) -> str:
+    result = docker("logs", name, check=False)
+    return result.stdout + result.stderr
+
+
+@contextlib.contextmanager
+def compose_stack(project: Path, *up_args: str) -> Iterator[str]:
+    """`docker compose up --build --wait` under a unique project name; `down -v` afterwards."""
+    name = unique_name("tt")
+    try:
+        docker("compose", "-p", name, "up", "--build", "--wait", *up_args, cwd=project)
+        yield name
+    finally:
+        docker("compose", "-p", name, "down", "-v", "--remove-orphans", cwd=project, check=False)
