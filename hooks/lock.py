@@ -5,6 +5,7 @@ and only resolves what changed, so running it after an update is safe. Skip it w
 `copier copy --skip-tasks`, then run the command it prints yourself.
 """
 
+import os
 import shutil
 import subprocess
 import sys
@@ -58,9 +59,11 @@ def main(tool: str) -> int:
             file=sys.stderr,
         )
         return 1
+    # The project is locked for its own Python, not for a virtualenv copier happens to run in.
+    env = {key: value for key, value in os.environ.items() if key != "VIRTUAL_ENV"}
     for command in commands:
         print("Locking:", " ".join(command[1:]), flush=True)
-        result = subprocess.run(command)
+        result = subprocess.run(command, env=env)
         if result.returncode != 0:
             return result.returncode
     return 0
