@@ -67,6 +67,9 @@ def install(project: Path, answers: dict[str, Any]) -> Path:
     elif tool == "poetry":
         run(["poetry", "env", "use", python], project)
         run(["poetry", "install"], project)
+        # Poetry may pick an environment it already made for this path outside the project.
+        venv = run(["poetry", "env", "info", "--path"], project).stdout.strip()
+        return Path(venv) / "bin"
     else:
         run([python, "-m", "venv", ".venv"], project)
         run([".venv/bin/pip", "install", "--require-hashes", "-r", "requirements-dev.txt"], project)
