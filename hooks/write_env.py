@@ -1,7 +1,9 @@
-"""Create `.env` from `.env.example` on first copy, with fresh random secrets.
+"""Create `.env` from `.env.example` with fresh random secrets, or add what it lacks.
 
-Runs as a copier task in the generated project. `.env` is git-ignored and listed in
-`_skip_if_exists`, so an existing one is never touched; secrets never reach the answers file.
+Runs as a copier task after copy, and as a migration after every update. `.env` is git-ignored
+and listed in `_skip_if_exists`, so copier never touches it and secrets never reach the answers
+file. Lines already in `.env` are never changed: after an update (say, to PostgreSQL) only the
+variables `.env.example` gained are appended, with the same fresh secrets.
 """
 
 import secrets
@@ -10,17 +12,50 @@ from pathlib import Path
 PLACEHOLDER = "change-me"
 
 
+def with_secrets(text: str) -> str:
+    while PLACEHOLDER in text:
+        text = text.replace(PLACEHOLDER, secrets.token_urlsafe(24), 1)
+    return text
+
+
+def variable(line: str) -> str | None:
+    name, equals, _ = line.partition("=")
+    return name.strip() if equals and not line.lstrip().startswith("#") else None
+
+
+def missing_lines(example: str, env: str) -> list[str]:
+    """Lines of `.env.example` setting a variable `.env` lacks, each with its comments."""
+    present = {variable(line) for line in env.splitlines()}
+    added: list[str] = []
+    comments: list[str] = []
+    for line in example.splitlines():
+        name = variable(line)
+        if name is None:
+            comments.append(line)
+            continue
+        if name not in present:
+            added += [*comments, line]
+        comments = []
+    return added
+
+
 def main() -> None:
     example = Path(".env.example")
     env = Path(".env")
-    if env.exists() or not example.exists():
+    if not example.exists():
         return
-    text = example.read_text()
-    while PLACEHOLDER in text:
-        text = text.replace(PLACEHOLDER, secrets.token_urlsafe(24), 1)
-    env.write_text(text)
-    env.chmod(0o600)
-    print("Wrote .env from .env.example (git-ignored), with fresh secrets.")
+    if not env.exists():
+        env.write_text(with_secrets(example.read_text()))
+        env.chmod(0o600)
+        print("Wrote .env from .env.example (git-ignored), with fresh secrets.")
+        return
+    current = env.read_text()
+    added = missing_lines(example.read_text(), current)
+    if added:
+        separator = "" if current.endswith("\n") or not current else "\n"
+        env.write_text(current + separator + with_secrets("\n".join(added) + "\n"))
+        names = ", ".join(filter(None, map(variable, added)))
+        print(f"Added to .env what .env.example gained: {names}.")
 
 
 if __name__ == "__main__":
