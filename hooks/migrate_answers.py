@@ -14,6 +14,7 @@ comments and order stay as they were. NEW_VALUE is written as given (a YAML scal
 
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 USAGE = "usage: migrate_answers.py ANSWERS_FILE (rename OLD NEW | choice QUESTION OLD NEW)"
@@ -37,7 +38,11 @@ def change_choice(text: str, question: str, old: str, new: str) -> str:
     return pattern.sub(lambda match: f"{match.group(1)}{new}", text)
 
 
-ACTIONS = {"rename": (rename, 2), "choice": (change_choice, 3)}
+# Each action, with the number of arguments it takes after the answers file and its name.
+ACTIONS: dict[str, tuple[Callable[..., str], int]] = {
+    "rename": (rename, 2),
+    "choice": (change_choice, 3),
+}
 
 
 def main(argv: list[str]) -> int:
