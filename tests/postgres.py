@@ -42,6 +42,7 @@ class PostgresServer:
     port: int
 
     def start(self) -> None:
+        """Create the cluster and start serving."""
         if os.geteuid() == 0:
             shutil.chown(self.datadir.parent, "postgres")
         pwfile = self.datadir.parent / "pwfile"
@@ -61,6 +62,18 @@ class PostgresServer:
                 ]
             )
         )
+        self.resume()
+
+    def pause(self) -> None:
+        """Stop serving (clients get connection refused); the data stays for `resume`."""
+        _run(
+            _as_postgres(
+                [str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-m", "fast", "-w", "stop"]
+            )
+        )
+
+    def resume(self) -> None:
+        """Serve again, on the same port, with the same data."""
         _run(
             _as_postgres(
                 [
@@ -78,6 +91,7 @@ class PostgresServer:
         )
 
     def stop(self) -> None:
+        """Stop serving and delete the cluster."""
         subprocess.run(
             _as_postgres(
                 [str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-m", "fast", "stop"]

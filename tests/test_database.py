@@ -1,0 +1,557 @@
+"""Database, migrations and prestart of generated projects, run for real.
+
+PostgreSQL is Debian's server started by the tests (`postgres_server`), or the postgres image
+under compose; SQLite is a file in a temporary data directory. Nothing is mocked: each test
+renders and installs a project, starts its processes and talks HTTP to them.
+
+Where migrations run follows the process model: the entrypoint (`prestart.py`) migrates for
+one server (workers, or SQLite); a compose `migrate` service runs `alembic upgrade head` once
+before the replicas otherwise. Concurrent starts are made to really contend: the test holds the
+schema lock while the processes start, so they queue on it, then lets them go together.
+"""
+
+import contextlib
+import json
+import re
+import sqlite3
+import subprocess
+import time
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests import docker
+from tests.postgres import PASSWORD, PostgresServer, start_server
+from tests.project import free_port, http_get, install, render, tool_env
+
+pytestmark = pytest.mark.xdist_group("database")
+
+POSTGRES_MIGRATIONS = {
+    "database": "postgresql",
+    "migrations": True,
+    "process_model": "workers",
+    "workers": 2,
+    "layout": "package",
+}
+POSTGRES_CREATE_ALL = {
+    "database": "postgresql",
+    "migrations": False,
+    "process_model": "single",
+    "layout": "single_file",
+    "python_version": "3.11",
+}
+SQLITE_MIGRATIONS = {
+    "database": "sqlite",
+    "migrations": True,
+    "process_model": "single",
+    "layout": "single_file",
+}
+SQLITE_CREATE_ALL = {
+    "database": "sqlite",
+    "migrations": False,
+    "process_model": "workers",
+    "workers": 3,
+    "layout": "package",
+}
+PROJECTS = {
+    "postgres_migrations": POSTGRES_MIGRATIONS,
+    "postgres_create_all": POSTGRES_CREATE_ALL,
+    "sqlite_migrations": SQLITE_MIGRATIONS,
+    "sqlite_create_all": SQLITE_CREATE_ALL,
+}
+UPGRADE_LINE = "Running upgrade  -> 0001"
+PACKAGE = "my_api"  # package_name derived from the default project_name, "My API"
+
+
+class Project:
+    """A rendered, installed project and how to start its processes."""
+
+    def __init__(self, root: Path, answers: dict[str, Any]) -> None:
+        self.root = root
+        self.answers = answers
+        self.bin = root / ".venv" / "bin"
+        package = answers["layout"] == "package"
+        self.module = "app.main:app" if package else "main:app"
+        self.db_module = root / ("app/db.py" if package else "main.py")
+
+    def server(self, port: int, *extra: str) -> list[str]:
+        address = ("--host", "127.0.0.1", "--port", str(port))
+        return [str(self.bin / "uvicorn"), self.module, *address, *extra]
+
+    def prestart(self, *command: str) -> list[str]:
+        return [str(self.bin / "python"), "prestart.py", *command]
+
+    def schema_lock_key(self) -> int:
+        found = re.search(r"SCHEMA_LOCK_KEY = ([0-9_]+)", self.db_module.read_text())
+        assert found, "no SCHEMA_LOCK_KEY in the generated code"
+        return int(found.group(1).replace("_", ""))
+
+
+def project_env(**settings: str) -> dict[str, str]:
+    """A generated project's environment: these settings, none inherited from the test run."""
+    inherited = {
+        key: value
+        for key, value in tool_env().items()
+        if not key.startswith(("POSTGRES_", "DATA_DIR", "DB_WAIT_TIMEOUT", "WEB_CONCURRENCY"))
+    }
+    return {**inherited, **settings}
+
+
+def rendered_and_installed(template: Path, dest: Path, answers: dict[str, Any]) -> Project:
+    """Render with the tasks (the lock file), drop `.env` so each test's environment rules."""
+    render(template, dest, answers, tasks=True)
+    (dest / ".env").unlink()
+    install(dest, {"dependency_tool": "uv", "python_version": "3.13", **answers})
+    return Project(dest, answers)
+
+
+@pytest.fixture(scope="module")
+def projects(template: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Project]:
+    """The four database flavours, rendered and installed once for this module."""
+    root = tmp_path_factory.mktemp("database-projects")
+    return {
+        name: rendered_and_installed(template, root / name, answers)
+        for name, answers in PROJECTS.items()
+    }
+
+
+@dataclass
+class Server:
+    """A started process of a project (prestart, then Uvicorn); its output goes to `log`."""
+
+    process: subprocess.Popen[bytes]
+    url: str
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+    def check_alive(self) -> None:
+        code = self.process.poll()
+        assert code is None, f"exited {code}\n{self.output()[-4000:]}"
+
+
+@contextlib.contextmanager
+def serving(
+    project: Project, log: Path, env: dict[str, str], *uvicorn_options: str
+) -> Iterator[Server]:
+    """`python prestart.py uvicorn ...` as the image runs it; stopped with SIGTERM afterwards."""
+    port = free_port()
+    command = project.prestart(*project.server(port, *uvicorn_options))
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            command, cwd=project.root, env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+    try:
+        yield Server(process, f"http://127.0.0.1:{port}", log)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def until(
+    condition: Callable[[], bool],
+    what: str,
+    *,
+    watching: Sequence[Server] = (),
+    timeout: float = 120,
+) -> None:
+    """Poll `condition`; fail at once, with its output, when a watched server exits.
+
+    The timeout is generous: on a loaded 2-core machine three Python start-ups take a while.
+    """
+    deadline = time.monotonic() + timeout
+    while not condition():
+        for server in watching:
+            server.check_alive()
+        if time.monotonic() > deadline:
+            output = "\n".join(server.output()[-3000:] for server in watching)
+            raise AssertionError(f"not within {timeout}s: {what}\n{output}")
+        time.sleep(0.1)
+
+
+def status(url: str) -> int | None:
+    try:
+        return http_get(url)[0]
+    except OSError:
+        return None
+
+
+def wait_for_ready(server: Server, expected: int = 200, timeout: float = 120) -> None:
+    until(
+        lambda: status(f"{server.url}/ready") == expected,
+        f"/ready answers {expected}",
+        watching=[server],
+        timeout=timeout,
+    )
+
+
+def own_postgres(port: int | None = None) -> PostgresServer:
+    """A PostgreSQL of the test's own, for tests that stop or start it."""
+    server = start_server(port or free_port())
+    if server is None:
+        pytest.skip("no PostgreSQL server binaries (apt-get install postgresql)")
+    return server
+
+
+def errors_in(text: str) -> list[str]:
+    return [line for line in text.splitlines() if '"level": "ERROR"' in line or "Traceback" in line]
+
+
+def post_item(base: str, name: str) -> dict[str, Any]:
+    request = urllib.request.Request(
+        f"{base}/items",
+        data=json.dumps({"name": name}).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:
+        assert response.status == 201
+        return dict(json.load(response))
+
+
+@contextlib.contextmanager
+def holding_advisory_lock(server: PostgresServer, database: str, key: int) -> Iterator[None]:
+    """A psql session holds the schema lock; processes started meanwhile queue behind it."""
+    session = subprocess.Popen(
+        [
+            str(server.bindir / "psql"),
+            *("-h", "127.0.0.1", "-p", str(server.port), "-U", "postgres", "-d", database),
+            *("-v", "ON_ERROR_STOP=1", "-q"),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        env={**tool_env(), "PGPASSWORD": PASSWORD},
+    )
+    assert session.stdin is not None
+    session.stdin.write(f"SELECT pg_advisory_lock({key});\n")
+    session.stdin.flush()
+    until(lambda: advisory_locks(server, database, granted=True) == 1, "the lock is held")
+    try:
+        yield
+    finally:
+        session.stdin.close()
+        session.wait(timeout=10)
+
+
+def advisory_locks(server: PostgresServer, database: str, *, granted: bool) -> int:
+    return int(
+        server.psql(
+            "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database "
+            f"WHERE l.locktype = 'advisory' AND l.granted = {granted} "
+            f"AND d.datname = '{database}'"
+        )
+    )
+
+
+# --- The generated project's own tests ------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(PROJECTS))
+def test_generated_tests_pass_on_their_database(
+    name: str, projects: dict[str, Project], postgres: dict[str, str]
+) -> None:
+    project = projects[name]
+    settings = postgres if project.answers["database"] == "postgresql" else {}
+    result = subprocess.run(
+        [str(project.bin / "pytest"), "-q", "-p", "no:cacheprovider"],
+        cwd=project.root,
+        env=project_env(**settings),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
+    assert " passed" in result.stdout and "skipped" not in result.stdout
+
+
+# --- Replicas that start together --------------------------------------------------------
+
+
+@contextlib.contextmanager
+def three_started_together(
+    project: Project, postgres_server: PostgresServer, postgres: dict[str, str], logs: Path
+) -> Iterator[list[Server]]:
+    """Three servers queue on the schema lock the test holds, then all go at once; ready."""
+    database = postgres["POSTGRES_DB"]
+    with contextlib.ExitStack() as stack:
+        with holding_advisory_lock(postgres_server, database, project.schema_lock_key()):
+            servers = [
+                stack.enter_context(
+                    serving(project, logs / f"replica-{i}.log", project_env(**postgres))
+                )
+                for i in range(3)
+            ]
+            until(
+                lambda: advisory_locks(postgres_server, database, granted=False) == 3,
+                "all three queue on the schema lock",
+                watching=servers,
+            )
+        for server in servers:
+            wait_for_ready(server)
+        yield servers
+
+
+def test_three_prestarts_started_together_migrate_exactly_once(
+    projects: dict[str, Project],
+    postgres_server: PostgresServer,
+    postgres: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    project = projects["postgres_migrations"]
+    with three_started_together(project, postgres_server, postgres, tmp_path) as servers:
+        output = "\n".join(server.output() for server in servers)
+
+    assert output.count("Applying migrations") == 3
+    assert output.count(UPGRADE_LINE) == 1, output
+    assert not errors_in(output), errors_in(output)
+    database = postgres["POSTGRES_DB"]
+    assert postgres_server.psql("SELECT version_num FROM alembic_version", database) == "0001"
+    tables = "SELECT count(*) FROM information_schema.tables WHERE table_name = 'items'"
+    assert postgres_server.psql(tables, database) == "1"
+
+
+def test_replicas_creating_tables_together_all_serve_postgresql(
+    projects: dict[str, Project],
+    postgres_server: PostgresServer,
+    postgres: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    project = projects["postgres_create_all"]
+    with three_started_together(project, postgres_server, postgres, tmp_path) as servers:
+        for server in servers:
+            post_item(server.url, "made by every replica")
+        output = "\n".join(server.output() for server in servers)
+
+    assert not errors_in(output), errors_in(output)
+    assert postgres_server.psql("SELECT count(*) FROM items", postgres["POSTGRES_DB"]) == "3"
+
+
+def test_workers_creating_tables_together_all_serve_sqlite(
+    projects: dict[str, Project], tmp_path: Path
+) -> None:
+    project = projects["sqlite_create_all"]
+    data = tmp_path / "data"
+    data.mkdir()
+    # Hold SQLite's write lock while the three workers start, so they all reach it together.
+    holder = sqlite3.connect(data / f"{PACKAGE}.db", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    env = project_env(DATA_DIR=str(data))
+    with serving(project, tmp_path / "server.log", env, "--workers", "3") as server:
+        until(
+            lambda: server.output().count("Waiting for application startup.") == 3,
+            "three workers starting",
+            watching=[server],
+        )
+        time.sleep(0.5)
+        holder.execute("COMMIT")
+        holder.close()
+        until(
+            lambda: server.output().count("Application startup complete.") == 3,
+            "three workers serving",
+            watching=[server],
+        )
+        wait_for_ready(server)
+        post_item(server.url, "lamp")
+    assert not errors_in(server.output()), server.output()
+
+
+# --- Waiting for the database -------------------------------------------------------------
+
+
+def test_app_started_before_the_database_waits_then_serves(
+    projects: dict[str, Project], tmp_path: Path
+) -> None:
+    project = projects["postgres_migrations"]
+    port = free_port()
+    env = project_env(
+        POSTGRES_HOST="127.0.0.1",
+        POSTGRES_PORT=str(port),
+        POSTGRES_USER="postgres",
+        POSTGRES_PASSWORD=PASSWORD,
+        POSTGRES_DB="postgres",
+        DB_WAIT_TIMEOUT="120",
+    )
+    with serving(project, tmp_path / "app.log", env) as server:
+        until(lambda: "(attempt 2)" in server.output(), "two attempts logged", watching=[server])
+        late = own_postgres(port)
+        try:
+            wait_for_ready(server)
+        finally:
+            late.stop()
+    waiting = [line for line in server.output().splitlines() if "Waiting for database" in line]
+    assert all(f"127.0.0.1:{port}" in line for line in waiting)
+    assert UPGRADE_LINE in server.output()
+
+
+def start_and_finish(
+    project: Project, env: dict[str, str]
+) -> tuple[float, subprocess.CompletedProcess[str]]:
+    """Run what the image runs, to its end; how long it took."""
+    started = time.monotonic()
+    result = subprocess.run(
+        project.prestart(*project.server(free_port())),
+        cwd=project.root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    return time.monotonic() - started, result
+
+
+def logged_at(line: str) -> datetime:
+    return datetime.fromisoformat(json.loads(line)["time"])
+
+
+def test_prestart_gives_up_when_the_database_never_comes(
+    projects: dict[str, Project],
+) -> None:
+    project = projects["postgres_create_all"]
+    port = free_port()
+    env = project_env(
+        POSTGRES_HOST="127.0.0.1",
+        POSTGRES_PORT=str(port),
+        POSTGRES_PASSWORD="unused",
+        DB_WAIT_TIMEOUT="3",
+    )
+    elapsed, result = start_and_finish(project, env)
+    lines = result.stdout.splitlines()
+    waiting = [line for line in lines if "Waiting for database" in line]
+    assert result.returncode != 0
+    assert len(waiting) >= 2 and all(f"127.0.0.1:{port}" in line for line in waiting)
+    assert '"level": "ERROR"' in lines[-1] and f"127.0.0.1:{port}" in lines[-1], lines[-1]
+    # Log times have whole seconds: the wait itself lasted the timeout, within that rounding.
+    assert (logged_at(lines[-1]) - logged_at(waiting[0])).total_seconds() <= 3 + 1
+    assert elapsed < 3 + 30, elapsed  # the timeout, plus start-up on a busy machine
+    assert "Uvicorn running" not in result.stdout
+
+
+def test_missing_password_stops_start_up_naming_the_variable(
+    projects: dict[str, Project],
+) -> None:
+    project = projects["postgres_migrations"]
+    env = project_env(
+        POSTGRES_HOST="127.0.0.1", POSTGRES_PORT=str(free_port()), DB_WAIT_TIMEOUT="60"
+    )
+    elapsed, result = start_and_finish(project, env)
+    assert result.returncode != 0
+    assert elapsed < 30, elapsed  # well before DB_WAIT_TIMEOUT: nothing was tried
+    assert "POSTGRES_PASSWORD" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "Waiting for database" not in result.stdout
+
+
+# --- Readiness follows the database -------------------------------------------------------
+
+
+def test_ready_follows_the_database_without_a_restart(
+    projects: dict[str, Project], tmp_path: Path
+) -> None:
+    project = projects["postgres_migrations"]
+    database = own_postgres()
+    try:
+        env = project_env(**database.create_database())
+        with serving(project, tmp_path / "app.log", env) as server:
+            wait_for_ready(server)
+            item = post_item(server.url, "kept")
+
+            database.pause()
+            wait_for_ready(server, 503, timeout=60)
+            assert status(f"{server.url}/health") == 200
+            assert status(f"{server.url}/ready") == 503
+
+            database.resume()
+            wait_for_ready(server, 200, timeout=60)
+            assert http_get(f"{server.url}/items/{item['id']}")[0] == 200
+            server.check_alive()
+        assert server.output().count("Application startup complete.") == 1
+    finally:
+        database.stop()
+
+
+# --- Data in volumes, under Docker --------------------------------------------------------
+
+
+class Stack:
+    """A project rendered for compose: its own name, image and published port."""
+
+    def __init__(self, template: Path, dest: Path, answers: dict[str, Any]) -> None:
+        self.slug = docker.unique_name("dbtest")
+        answers = {**answers, "project_name": self.slug, "project_slug": self.slug}
+        self.root = render(template, dest, answers, tasks=True)
+        self.url = f"http://127.0.0.1:{free_port()}"
+        with (self.root / ".env").open("a") as env:
+            env.write(f"APP_PORT={self.url.rsplit(':', 1)[1]}\n")
+        self.name = ""
+
+    @contextlib.contextmanager
+    def up(self) -> Iterator["Stack"]:
+        """`compose up --build --wait`; afterwards down with the volumes, and the image removed."""
+        try:
+            with docker.compose_stack(self.root) as name:
+                self.name = name
+                yield self
+        finally:
+            docker.docker("rmi", "-f", f"{self.slug}:latest", check=False)
+
+    def compose(self, *args: str) -> str:
+        return docker.docker("compose", "-p", self.name, *args, cwd=self.root).stdout
+
+    def service(self, service: str) -> dict[str, Any]:
+        listed = self.compose("ps", "-a", "--format", "json", service)
+        return dict(json.loads(listed.splitlines()[0]))
+
+    def read_item(self, item_id: int) -> dict[str, Any]:
+        status_code, body = http_get(f"{self.url}/items/{item_id}")
+        assert status_code == 200, body
+        return dict(json.loads(body))
+
+
+@pytest.mark.docker
+@pytest.mark.xdist_group("database-docker")
+def test_compose_migrates_once_before_the_app_and_keeps_data_across_down_and_up(
+    template: Path, tmp_path: Path
+) -> None:
+    docker.require_engine()
+    answers = {**POSTGRES_MIGRATIONS, "process_model": "single"}
+    with Stack(template, tmp_path / "pg", answers).up() as stack:
+        migrate = stack.service("migrate")
+        assert (migrate["State"], migrate["ExitCode"]) == ("exited", 0)
+        assert stack.compose("logs", "--no-color", "migrate").count(UPGRADE_LINE) == 1
+        item = post_item(stack.url, "survives")
+
+        stack.compose("down")
+        stack.compose("up", "--wait")
+        assert stack.read_item(item["id"]) == item
+        migrate = stack.service("migrate")
+        assert (migrate["State"], migrate["ExitCode"]) == ("exited", 0)
+        assert UPGRADE_LINE not in stack.compose("logs", "--no-color", "migrate")
+        assert not errors_in(stack.compose("logs", "--no-color"))
+
+
+@pytest.mark.docker
+@pytest.mark.xdist_group("database-docker")
+def test_sqlite_data_survives_a_restart_and_a_new_container(template: Path, tmp_path: Path) -> None:
+    docker.require_engine()
+    with Stack(template, tmp_path / "sqlite", SQLITE_MIGRATIONS).up() as stack:
+        item = post_item(stack.url, "survives")
+
+        stack.compose("restart", "app")
+        until(lambda: status(f"{stack.url}/ready") == 200, "the app is back after the restart")
+        assert stack.read_item(item["id"]) == item
+
+        stack.compose("down")
+        stack.compose("up", "--wait")
+        assert stack.read_item(item["id"]) == item
+        assert not errors_in(stack.compose("logs", "--no-color"))
