@@ -1,34 +1,29 @@
 """Create or refresh the lock file of the generated project with its own tool.
 
-Runs as a copier task after copy and update. Every tool keeps the versions already locked
-and only resolves what changed, so running it after an update is safe. Skip it with
-`copier copy --skip-tasks`, then run the command it prints yourself.
+Runs as a copier task after copy and update: `lock.py TOOL [PACKAGE_INDEX]`. Every tool keeps
+the versions already locked and only resolves what changed, so running it after an update is
+safe. Skip it with `copier copy --skip-tasks`, then run the command it prints yourself.
+
+uv and Poetry find the package index in pyproject.toml. pip-compile gets it as PIP_INDEX_URL,
+never written into the requirements files, so credentials the user keeps in PIP_INDEX_URL for
+that index are used and never end up in a file.
 """
 
+import os
 import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
+PIP_COMPILE = ["pip-compile", "--quiet", "--generate-hashes", "--no-emit-index-url"]
 COMMANDS = {
     "uv": [["uv", "lock"]],
     "poetry": [["poetry", "lock"]],
     "pip": [
-        [
-            "pip-compile",
-            "--quiet",
-            "--generate-hashes",
-            "--strip-extras",
-            "requirements.in",
-        ],
-        [
-            "pip-compile",
-            "--quiet",
-            "--generate-hashes",
-            "--strip-extras",
-            "requirements-dev.in",
-        ],
+        [*PIP_COMPILE, "--strip-extras", "requirements.in"],
+        [*PIP_COMPILE, "--strip-extras", "requirements-dev.in"],
     ],
 }
 
@@ -46,7 +41,25 @@ def pip_compile() -> str:
     return str(venv / "bin" / "pip-compile")
 
 
-def main(tool: str) -> int:
+def without_credentials(url: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2])).rstrip("/")
+
+
+def tool_environment(package_index: str) -> dict[str, str]:
+    """The environment of the lock commands.
+
+    Copier's own virtualenv is not the project's (Poetry would lock for its Python). pip gets
+    the project's index, unless PIP_INDEX_URL already names it, maybe with credentials.
+    """
+    env = {key: value for key, value in os.environ.items() if key != "VIRTUAL_ENV"}
+    current = env.get("PIP_INDEX_URL", "")
+    if package_index and without_credentials(current) != without_credentials(package_index):
+        env["PIP_INDEX_URL"] = package_index
+    return env
+
+
+def main(tool: str, package_index: str = "") -> int:
     commands = COMMANDS[tool]
     if tool == "pip":
         executable = pip_compile()
@@ -58,13 +71,14 @@ def main(tool: str) -> int:
             file=sys.stderr,
         )
         return 1
+    env = tool_environment(package_index)
     for command in commands:
         print("Locking:", " ".join(command[1:]), flush=True)
-        result = subprocess.run(command)
+        result = subprocess.run(command, env=env)
         if result.returncode != 0:
             return result.returncode
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1]))
+    sys.exit(main(*sys.argv[1:]))
