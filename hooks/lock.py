@@ -35,9 +35,7 @@ def pip_compile() -> str:
         return found
     venv = Path(tempfile.mkdtemp(prefix="pip-tools-"))
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    subprocess.run(
-        [str(venv / "bin" / "pip"), "install", "--quiet", "pip-tools"], check=True
-    )
+    subprocess.run([str(venv / "bin" / "pip"), "install", "--quiet", "pip-tools"], check=True)
     return str(venv / "bin" / "pip-compile")
 
 
