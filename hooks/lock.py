@@ -1,9 +1,14 @@
 """Create or refresh the lock file of the generated project with its own tool.
 
-Runs as a copier task after copy, and as a migration after every update. Every tool keeps the
-versions already locked and only resolves what changed, so running it after an update is safe;
-where the update left conflict markers in the dependency files it locks nothing and says so.
-Skip it with `--skip-tasks`, then run the command it prints yourself.
+Runs as a copier task after copy, and as a migration after every update:
+`lock.py TOOL [PACKAGE_INDEX]`. Every tool keeps the versions already locked and only resolves
+what changed, so running it after an update is safe; where the update left conflict markers in
+the dependency files it locks nothing and says so. Skip it with `--skip-tasks`, then run the
+command it prints yourself.
+
+uv and Poetry find the package index in pyproject.toml. pip-compile gets it as PIP_INDEX_URL,
+never written into the requirements files, so credentials the user keeps in PIP_INDEX_URL for
+that index are used and never end up in a file.
 """
 
 import os
@@ -12,30 +17,20 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 INPUTS = {
     "uv": ["pyproject.toml"],
     "poetry": ["pyproject.toml"],
     "pip": ["requirements.in", "requirements-dev.in"],
 }
+PIP_COMPILE = ["pip-compile", "--quiet", "--generate-hashes", "--no-emit-index-url"]
 COMMANDS = {
     "uv": [["uv", "lock"]],
     "poetry": [["poetry", "lock"]],
     "pip": [
-        [
-            "pip-compile",
-            "--quiet",
-            "--generate-hashes",
-            "--strip-extras",
-            "requirements.in",
-        ],
-        [
-            "pip-compile",
-            "--quiet",
-            "--generate-hashes",
-            "--strip-extras",
-            "requirements-dev.in",
-        ],
+        [*PIP_COMPILE, "--strip-extras", "requirements.in"],
+        [*PIP_COMPILE, "--strip-extras", "requirements-dev.in"],
     ],
 }
 
@@ -64,7 +59,25 @@ def conflicted(paths: list[str]) -> list[str]:
     ]
 
 
-def main(tool: str) -> int:
+def without_credentials(url: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2])).rstrip("/")
+
+
+def tool_environment(package_index: str) -> dict[str, str]:
+    """The environment of the lock commands.
+
+    Copier's own virtualenv is not the project's (Poetry would lock for its Python). pip gets
+    the project's index, unless PIP_INDEX_URL already names it, maybe with credentials.
+    """
+    env = {key: value for key, value in os.environ.items() if key != "VIRTUAL_ENV"}
+    current = env.get("PIP_INDEX_URL", "")
+    if package_index and without_credentials(current) != without_credentials(package_index):
+        env["PIP_INDEX_URL"] = package_index
+    return env
+
+
+def main(tool: str, package_index: str = "") -> int:
     commands = COMMANDS[tool]
     printable = " && ".join(" ".join(command) for command in commands)
     unresolved = ", ".join(conflicted(INPUTS[tool]))
@@ -80,8 +93,7 @@ def main(tool: str) -> int:
             file=sys.stderr,
         )
         return 1
-    # The project is locked for its own Python, not for a virtualenv copier happens to run in.
-    env = {key: value for key, value in os.environ.items() if key != "VIRTUAL_ENV"}
+    env = tool_environment(package_index)
     for command in commands:
         print("Locking:", " ".join(command[1:]), flush=True)
         result = subprocess.run(command, env=env)
@@ -91,4 +103,4 @@ def main(tool: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1]))
+    sys.exit(main(*sys.argv[1:]))

@@ -58,21 +58,22 @@ def run(command: list[str], cwd: Path, **env: str) -> subprocess.CompletedProces
     return result
 
 
-def install(project: Path, answers: dict[str, Any]) -> Path:
+def install(project: Path, answers: dict[str, Any], **env: str) -> Path:
     """Install the project's locked dependencies with its own tool; return its venv's bin/."""
     tool = answers["dependency_tool"]
     python = f"python{answers['python_version']}"
     if tool == "uv":
-        run(["uv", "sync", "--locked", "--python", python], project)
+        run(["uv", "sync", "--locked", "--python", python], project, **env)
     elif tool == "poetry":
-        run(["poetry", "env", "use", python], project)
-        run(["poetry", "install"], project)
+        run(["poetry", "env", "use", python], project, **env)
+        run(["poetry", "install"], project, **env)
         # Poetry may pick an environment it already made for this path outside the project.
-        venv = run(["poetry", "env", "info", "--path"], project).stdout.strip()
+        venv = run(["poetry", "env", "info", "--path"], project, **env).stdout.strip()
         return Path(venv) / "bin"
     else:
-        run([python, "-m", "venv", ".venv"], project)
-        run([".venv/bin/pip", "install", "--require-hashes", "-r", "requirements-dev.txt"], project)
+        run([python, "-m", "venv", ".venv"], project, **env)
+        pip = [".venv/bin/pip", "install", "--require-hashes", "-r", "requirements-dev.txt"]
+        run(pip, project, **env)
     return project / ".venv" / "bin"
 
 

@@ -1,0 +1,115 @@
+"""A private package index on 127.0.0.1 for the tests: PyPI behind HTTP basic auth.
+
+It serves PyPI's simple API with every file link pointing back at itself, and answers a file
+with a redirect to PyPI's file host; both only with the right credentials. It records each
+request and whether it carried them, so a test can tell that a tool used the index and
+authenticated, and nothing else could have served the tool (PyPI's own URLs never appear).
+"""
+
+import base64
+import contextlib
+import threading
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+PYPI = "https://pypi.org"
+FILES = "https://files.pythonhosted.org/packages/"
+
+
+@dataclass
+class PrivateIndex:
+    """The running index: its simple-API URL, the credentials it wants, what it was asked."""
+
+    url: str
+    username: str
+    password: str
+    requests: list[tuple[str, bool]] = field(default_factory=list)
+
+    def authorized_paths(self) -> list[str]:
+        return [path for path, authorized in self.requests if authorized]
+
+    def authorized_since(self, start: int) -> bool:
+        """Whether a request with the credentials came in after the first `start` ones."""
+        return any(authorized for _, authorized in self.requests[start:])
+
+
+def _handler(index: PrivateIndex, base: str) -> type[BaseHTTPRequestHandler]:
+    token = base64.b64encode(f"{index.username}:{index.password}".encode()).decode()
+    pages: dict[tuple[str, str], tuple[int, str, bytes]] = {}
+    lock = threading.Lock()
+
+    def upstream_page(path: str, accept: str) -> tuple[int, str, bytes]:
+        """PyPI's simple page with file links moved onto this index (cached per run)."""
+        with lock:
+            if (path, accept) in pages:
+                return pages[(path, accept)]
+        request = urllib.request.Request(PYPI + path, headers={"Accept": accept})
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                body = response.read().replace(FILES.encode(), f"{base}/files/".encode())
+                page = (response.status, response.headers["Content-Type"], body)
+        except urllib.error.HTTPError as error:
+            page = (error.code, "text/plain", b"")
+        if page[0] in (200, 404):  # a passing upstream failure is retried, not remembered
+            with lock:
+                pages[(path, accept)] = page
+        return page
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_HEAD(self) -> None:
+            self.do_GET()
+
+        def do_GET(self) -> None:
+            authorized = self.headers.get("Authorization") == f"Basic {token}"
+            index.requests.append((self.path, authorized))
+            if not authorized:
+                self.send_response(401)
+                self.send_header("WWW-Authenticate", 'Basic realm="private"')
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+            elif self.path.startswith("/files/"):
+                self.send_response(302)
+                self.send_header("Location", FILES + self.path.removeprefix("/files/"))
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+            elif self.path.startswith("/simple/"):
+                status, content_type, body = upstream_page(
+                    self.path, self.headers.get("Accept", "text/html")
+                )
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if self.command == "GET":
+                    self.wfile.write(body)
+            else:
+                self.send_error(404)
+
+        def log_message(self, format: str, *args: object) -> None:
+            """Quiet: the test reads `index.requests` instead."""
+
+    return Handler
+
+
+@contextlib.contextmanager
+def private_index() -> Iterator[PrivateIndex]:
+    """Serve a private index on a free loopback port for the duration of the block."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler)
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    index = PrivateIndex(
+        url=f"{base}/simple/",
+        username=f"ci-{uuid.uuid4().hex[:8]}",
+        password=f"canary-{uuid.uuid4().hex}",
+    )
+    server.RequestHandlerClass = _handler(index, base)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield index
+    finally:
+        server.shutdown()
+        server.server_close()
