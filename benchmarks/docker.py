@@ -1,10 +1,11 @@
 """Print what the generated container setup costs next to the FastAPI docs' naive Dockerfile.
 
-For each dependency tool (default answers otherwise) and for the naive baseline on the same
-app, one run measures: cold build (`--no-cache`; BuildKit cache mounts, which only the template
-uses, stay as on a developer's machine), rebuild after a code-only edit, image size,
-start-to-first-200 on /health (from `docker run` to the first 200) and `docker stop` of an idle
-server (median of a few runs), then the ratios against the targets.
+Measured in one run for each dependency tool (default answers otherwise: SQLite with
+migrations, so the prestart entrypoint runs first), for uv without a database (no prestart),
+and for the naive baseline on the default app: cold build (`--no-cache`; BuildKit cache
+mounts, which only the template uses, stay as on a developer's machine), rebuild after a
+code-only edit, image size, start-to-first-200 on /health (from `docker run` to the first 200)
+and `docker stop` of an idle server (medians of a few runs); then the ratios to the targets.
 
     uv run python benchmarks/docker.py [--runs N]
 """
@@ -117,13 +118,17 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="bench-docker-"))
     template = snapshot(REPO, root / "template")
     figures: dict[str, Figures] = {}
-    for tool in ("uv", "poetry", "pip"):
-        answers = {"dependency_tool": tool, "python_version": PYTHON}
-        if tool == "poetry":
-            answers["package_index"] = SIMPLE_INDEX
-        project = render_locked(template, root / tool, answers)
-        print(f"measuring {tool} ...", file=sys.stderr, flush=True)
-        figures[tool] = measure(project, project / "app" / "main.py", 8000, args.runs)
+    variants: dict[str, dict[str, str]] = {
+        "uv": {"dependency_tool": "uv"},
+        "poetry": {"dependency_tool": "poetry", "package_index": SIMPLE_INDEX},
+        "pip": {"dependency_tool": "pip"},
+        # Without a database there is no prestart: the server's own start, as naive's is.
+        "uv, no database": {"dependency_tool": "uv", "database": "none"},
+    }
+    for name, answers in variants.items():
+        project = render_locked(template, root / name, {**answers, "python_version": PYTHON})
+        print(f"measuring {name} ...", file=sys.stderr, flush=True)
+        figures[name] = measure(project, project / "app" / "main.py", 8000, args.runs)
     naive = naive_project(root / "uv", root / "naive")
     print("measuring naive ...", file=sys.stderr, flush=True)
     figures["naive"] = measure(naive, naive / "app" / "main.py", 80, args.runs)
