@@ -1,0 +1,580 @@
+"""The generated container setup, proven with a real Docker engine.
+
+Six images (every dependency tool x layout, mixing the other answers) are built once and
+shared: each serves /health as a non-root user, holds no `.env`, stops within 2 s, finishes
+the request in flight when the stop arrives, runs the server processes its process model asks
+for, and rebuilds a code-only edit without reinstalling anything. Compose stacks come up
+healthy on a port of 127.0.0.1, trust forwarded headers only from their proxy, and leave
+nothing behind. hadolint checks the Dockerfile of many renders.
+"""
+
+import contextlib
+import http.client
+import json
+import random
+import shutil
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import pytest
+
+from tests.combinations import SIMPLE_INDEX, Answers
+from tests.docker import build, compose_stack, container, docker, require_engine, unique_name
+from tests.project import free_port, http_get, render, render_locked, wait_for_http
+
+DOCKER_GROUP = pytest.mark.xdist_group("docker")
+
+# One image per dependency tool x layout; the other answers vary so that single and workers
+# mode, the prestart entrypoint (SQLite) and every Python version are among them.
+IMAGE_ANSWERS: dict[str, Answers] = {
+    "uv-package": {
+        "dependency_tool": "uv",
+        "layout": "package",
+        "python_version": "3.13",
+        "process_model": "single",
+        "database": "sqlite",
+        "migrations": True,
+    },
+    "uv-single_file": {
+        "dependency_tool": "uv",
+        "layout": "single_file",
+        "python_version": "3.12",
+        "process_model": "workers",
+        "workers": 2,
+        "reverse_proxy": "traefik",
+        "database": "none",
+    },
+    "poetry-package": {
+        "dependency_tool": "poetry",
+        "layout": "package",
+        "python_version": "3.11",
+        "process_model": "workers",
+        "workers": 3,
+        "reverse_proxy": "nginx",
+        "database": "none",
+        "package_index": SIMPLE_INDEX,
+    },
+    "poetry-single_file": {
+        "dependency_tool": "poetry",
+        "layout": "single_file",
+        "python_version": "3.13",
+        "process_model": "single",
+        "reverse_proxy": "external",
+        "database": "sqlite",
+        "migrations": False,
+        "package_index": SIMPLE_INDEX,
+    },
+    "pip-package": {
+        "dependency_tool": "pip",
+        "layout": "package",
+        "python_version": "3.12",
+        "process_model": "single",
+        "database": "none",
+    },
+    "pip-single_file": {
+        "dependency_tool": "pip",
+        "layout": "single_file",
+        "python_version": "3.11",
+        "process_model": "workers",
+        "workers": 2,
+        "database": "sqlite",
+        "migrations": True,
+    },
+}
+SINGLE = [key for key, answers in IMAGE_ANSWERS.items() if answers["process_model"] == "single"]
+WORKERS = [key for key, answers in IMAGE_ANSWERS.items() if answers["process_model"] == "workers"]
+
+SLOW_SECONDS = 1.5
+SLOW_FINISHED = "slow request finished"
+# Appended to the rendered app before building: the template has no slow endpoint, and the stop
+# test needs a request in flight when the stop arrives. It streams a first line at once (so the
+# client knows the handler runs), then the rest after a pause.
+SLOW_ROUTE = f"""
+
+import asyncio as _asyncio  # noqa: E402
+from collections.abc import AsyncIterator as _AsyncIterator  # noqa: E402
+
+from fastapi.responses import StreamingResponse as _StreamingResponse  # noqa: E402
+
+
+@app.get("/slow")
+async def slow() -> _StreamingResponse:
+    async def body() -> _AsyncIterator[bytes]:
+        yield b"started\\n"
+        await _asyncio.sleep({SLOW_SECONDS})
+        print("{SLOW_FINISHED}", flush=True)
+        yield b"done\\n"
+
+    return _StreamingResponse(body())
+"""
+
+# Lists the container's processes as [pid, ppid, command line], leaving out itself and the
+# image's HEALTHCHECK probes. Runs with the image's own Python (no ps in slim images).
+PROCESS_LIST = """
+import json, os
+found = []
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        stat = open(f"/proc/{pid}/stat").read()
+        command = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\\0", b" ").decode()
+    except OSError:
+        continue
+    if int(pid) != os.getpid() and "urllib.request" not in command:
+        found.append([int(pid), int(stat.rsplit(")", 1)[1].split()[1]), command.strip()])
+print(json.dumps(found))
+"""
+
+INSTALL_STEP = {
+    "uv": "uv sync --locked",
+    "poetry": "poetry install --only main",
+    "pip": "install --require-hashes",
+}
+
+
+@dataclass(frozen=True)
+class Built:
+    """A rendered project and the image built from it."""
+
+    key: str
+    answers: Answers
+    project: Path
+    tag: str
+    canary: str
+
+    def code_file(self) -> Path:
+        return self.project / ("app/main.py" if self.answers["layout"] == "package" else "main.py")
+
+
+@dataclass(frozen=True)
+class Process:
+    pid: int
+    ppid: int
+    command: str
+
+
+def _render_locked(job: tuple[Path, Path, Answers]) -> None:
+    render_locked(*job)
+
+
+def _render_without_tasks(job: tuple[Path, Path, Answers]) -> None:
+    render(*job)
+
+
+def _prepare(key: str, answers: Answers, project: Path) -> Built:
+    """Add the slow route and a canary secret in .env, as a user's checkout would have one."""
+    canary = f"canary-{uuid.uuid4().hex}"
+    built = Built(key, answers, project, unique_name(f"tt-{key.replace('_', '-')}"), canary)
+    with built.code_file().open("a") as code:
+        code.write(SLOW_ROUTE)
+    env = project / ".env"
+    assert env.exists(), "the template's task writes .env"
+    env.write_text(env.read_text() + f"IMAGE_LEAK_CANARY={canary}\n")
+    return built
+
+
+@pytest.fixture(scope="module")
+def images(template: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Built]]:
+    """The six projects, rendered with their lock files and built in parallel, once."""
+    require_engine()
+    root = tmp_path_factory.mktemp("images")
+    jobs = [(template, root / key, answers) for key, answers in IMAGE_ANSWERS.items()]
+    with ProcessPoolExecutor(max_workers=2) as pool:
+        list(pool.map(_render_locked, jobs))
+    built = {key: _prepare(key, answers, root / key) for key, answers in IMAGE_ANSWERS.items()}
+    try:
+        with ThreadPoolExecutor(max_workers=3) as pool:
+            list(pool.map(lambda item: build(item.project, item.tag), built.values()))
+        yield built
+    finally:
+        docker("rmi", "-f", *(item.tag for item in built.values()), check=False)
+
+
+def published_port(name: str, container_port: int = 8000) -> int:
+    mapping = docker("port", name, f"{container_port}/tcp").stdout.split()[0]
+    host, _, port = mapping.rpartition(":")
+    assert host == "127.0.0.1", mapping
+    return int(port)
+
+
+@contextlib.contextmanager
+def serving(built: Built, *run_args: str) -> Iterator[str]:
+    """A container of the image, run as the README says (--env-file .env), answering /health."""
+    publish = ["-p", "127.0.0.1::8000", "--env-file", str(built.project / ".env")]
+    with container(built.tag, *publish, *run_args) as name:
+        wait_until_healthy(name)
+        yield name
+
+
+@pytest.fixture(scope="module")
+def shared(images: dict[str, Built]) -> Iterator[Callable[[str], str]]:
+    """One long-lived container per image for the tests that only look at it."""
+    started: dict[str, str] = {}
+    with contextlib.ExitStack() as stack:
+
+        def get(key: str) -> str:
+            if key not in started:
+                started[key] = stack.enter_context(serving(images[key]))
+            return started[key]
+
+        yield get
+
+
+def wait_until_healthy(name: str, timeout: float = 60) -> int:
+    port = published_port(name)
+    try:
+        status = wait_for_http(f"http://127.0.0.1:{port}/health", timeout=timeout)
+    except OSError as error:
+        raise AssertionError(f"{name} never answered: {error}\n{container_logs(name)}") from None
+    assert status == 200, container_logs(name)
+    return port
+
+
+def container_logs(name: str) -> str:
+    result = docker("logs", name, check=False)
+    return result.stdout + result.stderr
+
+
+def processes(name: str) -> list[Process]:
+    listing = docker("exec", name, "python", "-c", PROCESS_LIST).stdout
+    return [Process(*row) for row in json.loads(listing)]
+
+
+def worker_pids(name: str) -> set[int]:
+    """Uvicorn's workers: the processes its supervisor (PID 1) spawned with multiprocessing."""
+    return {p.pid for p in processes(name) if p.ppid == 1 and "spawn_main" in p.command}
+
+
+def wait_for_workers(name: str, count: int, timeout: float = 30) -> set[int]:
+    deadline = time.monotonic() + timeout
+    while True:
+        pids = worker_pids(name)
+        if len(pids) == count or time.monotonic() > deadline:
+            return pids
+        time.sleep(0.2)
+
+
+# --- Each of the six images -------------------------------------------------------------
+
+ALL = list(IMAGE_ANSWERS)
+
+
+@pytest.mark.docker
+@DOCKER_GROUP
+@pytest.mark.parametrize("key", ALL)
+def test_image_serves_health_as_non_root_with_server_as_pid_1(
+    key: str, shared: Callable[[str], str]
+) -> None:
+    name = shared(key)
+    assert docker("exec", name, "id", "-u").stdout.strip() not in {"", "0"}
+    status = docker("exec", name, "cat", "/proc/1/status").stdout
+    uids = next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1:]
+    assert "0" not in uids, status
+    pid_1 = next(p for p in processes(name) if p.pid == 1)
+    assert "uvicorn" in pid_1.command, "the server replaced any entrypoint script as PID 1"
+
+
+@pytest.mark.docker
+@DOCKER_GROUP
+@pytest.mark.parametrize("key", ALL)
+def test_image_holds_no_env_file_in_any_layer(key: str, images: dict[str, Built]) -> None:
+    built = images[key]
+    found: list[str] = []
+    with subprocess.Popen(["docker", "save", built.tag], stdout=subprocess.PIPE) as save:
+        assert save.stdout is not None
+        with tarfile.open(fileobj=save.stdout, mode="r|") as archive:
+            for member in archive:
+                if member.name.endswith("layer.tar"):
+                    layer = archive.extractfile(member)
+                    assert layer is not None
+                    found += _env_files_in_layer(layer, built.canary)
+    assert save.returncode == 0
+    assert found == [], "a .env (or its content) is in the image"
+
+
+def _env_files_in_layer(layer: IO[bytes], canary: str) -> list[str]:
+    found = []
+    with tarfile.open(fileobj=layer, mode="r|") as files:
+        for entry in files:
+            if Path(entry.name).name == ".env":
+                found.append(entry.name)
+            elif entry.isfile() and entry.size < 1_000_000:
+                content = files.extractfile(entry)
+                if content is not None and canary.encode() in content.read():
+                    found.append(f"{entry.name} (holds the .env canary)")
+    return found
+
+
+@pytest.mark.docker
+@DOCKER_GROUP
+@pytest.mark.parametrize("key", ALL)
+def test_docker_stop_ends_within_2_seconds(key: str, images: dict[str, Built]) -> None:
+    with serving(images[key]) as name:
+        stop_seconds = timed_stop(name)
+        exit_code = docker("inspect", "-f", "{{.State.ExitCode}}", name).stdout.strip()
+    assert stop_seconds < 2.0, f"docker stop took {stop_seconds:.2f} s"
+    assert exit_code == "0", "the server shut down by itself, it was not killed"
+
+
+@pytest.mark.docker
+@DOCKER_GROUP
+@pytest.mark.parametrize("key", ALL)
+def test_request_in_flight_when_the_stop_arrives_completes(
+    key: str, images: dict[str, Built]
+) -> None:
+    with serving(images[key]) as name:
+        connection = http.client.HTTPConnection("127.0.0.1", published_port(name), timeout=10)
+        connection.request("GET", "/slow")
+        response = connection.getresponse()
+        assert response.readline() == b"started\n", "the handler is running"
+        rest: list[bytes] = []
+        reader = threading.Thread(target=lambda: rest.append(response.read()))
+        reader.start()
+        stop_seconds = timed_stop(name)
+        reader.join(timeout=10)
+        logs = container_logs(name)
+        exit_code = docker("inspect", "-f", "{{.State.ExitCode}}", name).stdout.strip()
+    assert rest == [b"done\n"], logs
+    assert logs.index("Shutting down") < logs.index(SLOW_FINISHED), "it finished before the stop"
+    assert stop_seconds < SLOW_SECONDS + 2.0, f"docker stop took {stop_seconds:.2f} s"
+    assert exit_code == "0", "the server shut down by itself, it was not killed"
+
+
+def timed_stop(name: str) -> float:
+    started = time.monotonic()
+    docker("stop", name)
+    return time.monotonic() - started
+
+
+# --- Process model -------------------------------------------------------------------------
+
+
+@pytest.mark.docker
+@DOCKER_GROUP
+@pytest.mark.parametrize("key", SINGLE)
+def test_single_mode_runs_exactly_one_server_process(
+    key: str, shared: Callable[[str], str]
+) -> None:
+    found = processes(shared(key))
+    assert [p.pid for p in found] == [1], found
+    assert "uvicorn" in found[0].command
+
+
+@pytest.mark.docker
+@DOCKER_GROUP
+@pytest.mark.parametrize("key", WORKERS)
+def test_workers_mode_runs_the_asked_number_of_workers(
+    key: str, images: dict[str, Built], shared: Callable[[str], str]
+) -> None:
+    asked = images[key].answers["workers"]
+    assert len(wait_for_workers(shared(key), asked)) == asked
+
+
+@pytest.mark.docker
+@DOCKER_GROUP
+@pytest.mark.parametrize("key", WORKERS)
+def test_web_concurrency_overrides_the_worker_count(key: str, images: dict[str, Built]) -> None:
+    asked = images[key].answers["workers"] + 1
+    with serving(images[key], "-e", f"WEB_CONCURRENCY={asked}") as name:
+        assert len(wait_for_workers(name, asked)) == asked
+
+
+@pytest.mark.docker
+@DOCKER_GROUP
+@pytest.mark.parametrize("key", WORKERS)
+def test_killed_worker_is_replaced(key: str, images: dict[str, Built]) -> None:
+    count = images[key].answers["workers"]
+    with serving(images[key]) as name:
+        before = wait_for_workers(name, count)
+        victim = min(before)
+        docker("exec", name, "python", "-c", f"import os; os.kill({victim}, 9)")
+        deadline = time.monotonic() + 30
+        while True:
+            after = worker_pids(name)
+            if victim not in after and len(after) == count:
+                break
+            assert time.monotonic() < deadline, f"workers {before} became {after}"
+            time.sleep(0.2)
+        assert http_get(f"http://127.0.0.1:{published_port(name)}/health")[0] == 200
+
+
+# --- Build cache ---------------------------------------------------------------------------
+
+
+@pytest.mark.docker
+@DOCKER_GROUP
+@pytest.mark.parametrize("key", ALL)
+def test_code_only_edit_rebuilds_without_reinstalling_dependencies(
+    key: str, images: dict[str, Built], tmp_path: Path
+) -> None:
+    built = images[key]
+    project = shutil.copytree(built.project, tmp_path / "project")
+    code = project / built.code_file().relative_to(built.project)
+    code.write_text(
+        code.read_text() + '\n\n@app.get("/edited")\nasync def edited() -> None:\n    pass\n'
+    )
+    tag = unique_name("tt-edit")
+    try:
+        output = build(project, tag).stderr
+    finally:
+        docker("rmi", "-f", tag, check=False)
+    install = step_of(output, INSTALL_STEP[built.answers["dependency_tool"]])
+    assert f"{install} CACHED" in output, output
+    copy_code = step_of(output, f"COPY {code.relative_to(project).parts[0]} ")
+    assert f"{copy_code} CACHED" not in output, "the edit reached the image"
+
+
+def step_of(build_output: str, text: str) -> str:
+    """The `#N` of the BuildKit step whose title contains the text (plain progress output)."""
+    for line in build_output.splitlines():
+        if line.startswith("#") and " [" in line and text in line:
+            return line.split()[0]
+    raise AssertionError(f"no build step with {text!r} in\n{build_output}")
+
+
+# --- Compose -------------------------------------------------------------------------------
+
+
+@pytest.mark.docker
+@DOCKER_GROUP
+@pytest.mark.parametrize(
+    "answers",
+    [{}, {"database": "postgresql", "migrations": True}],
+    ids=["defaults", "postgresql"],
+)
+def test_compose_stack_is_healthy_on_127_0_0_1_and_down_removes_it(
+    answers: Answers, template: Path, tmp_path: Path
+) -> None:
+    require_engine()
+    slug = unique_name("tt-stack")
+    project = render_locked(template, tmp_path / "project", {**answers, "project_slug": slug})
+    port = free_port()
+    with (project / ".env").open("a") as env:
+        env.write(f"APP_PORT={port}\n")
+    try:
+        with compose_stack(project) as stack:
+            running = docker("compose", "-p", stack, "ps", "--format", "json", cwd=project)
+            assert "healthy" in running.stdout, running.stdout
+            assert http_get(f"http://127.0.0.1:{port}/health")[0] == 200
+            if answers.get("database") == "postgresql":
+                assert http_get(f"http://127.0.0.1:{port}/ready")[0] == 200
+        label = f"label=com.docker.compose.project={stack}"
+        for listing in (["container", "ls", "--all"], ["volume", "ls"], ["network", "ls"]):
+            left = docker(*listing, "--quiet", "--filter", label).stdout.strip()
+            assert left == "", f"{listing[0]}s left after down -v: {left}"
+    finally:
+        docker("rmi", "-f", f"{slug}:latest", check=False)
+
+
+WHOAMI_ROUTE = """
+
+from fastapi import Request as _Request  # noqa: E402
+
+
+@app.get("/whoami")
+async def whoami(request: _Request) -> dict[str, str]:
+    return {"client": request.client.host if request.client else "", "scheme": request.url.scheme}
+"""
+SPOOFED = {"X-Forwarded-For": "203.0.113.9", "X-Forwarded-Proto": "https"}
+ASK_WHOAMI = f"""
+import json, urllib.request
+request = urllib.request.Request("http://127.0.0.1:8000/whoami", headers={SPOOFED!r})
+print(urllib.request.urlopen(request).read().decode())
+"""
+
+
+def free_subnet() -> str:
+    """A /24 no Docker network uses, for the edge network of a proxy stack under test."""
+    networks = docker("network", "ls", "-q").stdout.split()
+    used = docker(
+        "network", "inspect", "-f", "{{range .IPAM.Config}}{{.Subnet}} {{end}}", *networks
+    )
+    taken = set(used.stdout.split())
+    for third in random.sample(range(1, 255), 254):
+        subnet = f"172.29.{third}.0/24"
+        if subnet not in taken:
+            return subnet
+    raise AssertionError("no free subnet in 172.29.0.0/16")
+
+
+@pytest.mark.docker
+@DOCKER_GROUP
+@pytest.mark.parametrize("proxy", ["traefik", "nginx"])
+def test_proxy_stack_trusts_forwarded_headers_only_from_the_proxy(
+    proxy: str, template: Path, tmp_path: Path
+) -> None:
+    require_engine()
+    slug = unique_name(f"tt-{proxy}")
+    answers = {"reverse_proxy": proxy, "database": "none", "project_slug": slug}
+    project = render_locked(template, tmp_path / "project", answers)
+    with (project / "app" / "main.py").open("a") as code:
+        code.write(WHOAMI_ROUTE)
+    port = free_port()
+    with (project / ".env").open("a") as env:
+        env.write(f"APP_PORT={port}\nEDGE_SUBNET={free_subnet()}\n")
+    try:
+        with compose_stack(project) as stack:
+            url = f"http://127.0.0.1:{port}/whoami"
+            assert wait_for_http(url) == 200
+            request = urllib.request.Request(url, headers=SPOOFED)
+            with urllib.request.urlopen(request, timeout=5) as response:
+                through_proxy = json.loads(response.read())
+            proxy_address = docker(
+                "inspect",
+                "-f",
+                "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+                f"{stack}-proxy-1",
+            ).stdout.strip()
+            direct = docker(
+                "compose", "-p", stack, "exec", "-T", "app", "python", "-c", ASK_WHOAMI, cwd=project
+            )
+        # The proxy's own view reaches the app; what a client claims does not.
+        assert through_proxy["client"] not in {"203.0.113.9", proxy_address, ""}, through_proxy
+        assert through_proxy["scheme"] == "http"
+        # From any other address (here the app's own loopback) the headers are ignored.
+        assert json.loads(direct.stdout) == {"client": "127.0.0.1", "scheme": "http"}
+    finally:
+        docker("rmi", "-f", f"{slug}:latest", check=False)
+
+
+# --- Static --------------------------------------------------------------------------------
+
+HADOLINT_ANSWERS: list[Answers] = [
+    {
+        "dependency_tool": tool,
+        "layout": layout,
+        "process_model": process,
+        "reverse_proxy": proxy,
+        **database,
+        **index,
+    }
+    for tool in ("uv", "poetry", "pip")
+    for index in ({}, {"package_index": SIMPLE_INDEX})
+    for layout, process, proxy, database in (
+        ("package", "single", "none", {"database": "sqlite", "migrations": True}),
+        ("single_file", "workers", "external", {"database": "postgresql", "migrations": False}),
+        ("package", "workers", "traefik", {"database": "none"}),
+    )
+]
+
+
+@pytest.mark.xdist_group("hadolint")
+def test_generated_dockerfiles_pass_hadolint(template: Path, tmp_path: Path) -> None:
+    hadolint = Path(sys.executable).parent / "hadolint"
+    jobs = [
+        (template, tmp_path / f"p{i:02d}", answers) for i, answers in enumerate(HADOLINT_ANSWERS)
+    ]
+    with ProcessPoolExecutor(max_workers=2) as pool:
+        list(pool.map(_render_without_tasks, jobs))
+    dockerfiles = [str(dest / "Dockerfile") for _, dest, _ in jobs]
+    result = subprocess.run([str(hadolint), *dockerfiles], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
