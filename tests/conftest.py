@@ -32,22 +32,3 @@ def postgres(postgres_server: PostgresServer) -> dict[str, str]:
     """A fresh database: the POSTGRES_* environment a generated project reaches it with."""
     return postgres_server.create_database()
 
-
-@pytest.hookimpl(trylast=True)
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Make `xdist_group` work on pytest 9, so a group's module fixture is built once.
-
-    pytest-xdist's loadgroup appends `@group` to `item._nodeid`, which pytest 9 no longer reads
-    (node ids live in `item._id`); without this, a group's tests spread over the workers.
-    """
-    if not config.getoption("loadgroup", False):
-        return
-    for item in items:
-        groups = {
-            str(mark.args[0] if mark.args else mark.kwargs.get("name", "default"))
-            for mark in item.iter_markers("xdist_group")
-        }
-        if groups and "@" not in item.nodeid:
-            from _pytest.nodeid import NodeId
-
-            item._id = NodeId.parse(f"{item.nodeid}@{'_'.join(sorted(groups))}")
