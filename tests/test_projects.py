@@ -16,16 +16,12 @@ from tests.combinations import COVERING_SET, Answers, combination_id
 from tests.postgres import PostgresServer
 from tests.project import free_port, install, render, run, serve, wait_for_http
 
-
-def _params() -> list[pytest.ParameterSet]:
-    return [
-        pytest.param(
-            answers,
-            id=combination_id(answers),
-            marks=pytest.mark.xdist_group(combination_id(answers)),
-        )
-        for answers in COVERING_SET
-    ]
+PROJECTS = [
+    pytest.param(
+        answers, id=combination_id(answers), marks=pytest.mark.xdist_group(combination_id(answers))
+    )
+    for answers in COVERING_SET
+]
 
 
 class Installed:
@@ -38,7 +34,7 @@ class Installed:
         self.bin = install(path, answers)
 
 
-@pytest.fixture(scope="module", params=_params())
+@pytest.fixture(scope="module", params=PROJECTS)
 def project(
     request: pytest.FixtureRequest,
     template: Path,
