@@ -31,4 +31,3 @@ def postgres_server() -> Iterator[PostgresServer]:
 def postgres(postgres_server: PostgresServer) -> dict[str, str]:
     """A fresh database: the POSTGRES_* environment a generated project reaches it with."""
     return postgres_server.create_database()
-
