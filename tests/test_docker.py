@@ -420,7 +420,8 @@ def test_code_only_edit_rebuilds_without_reinstalling_dependencies(
     project = shutil.copytree(built.project, tmp_path / "project")
     code = project / built.code_file().relative_to(built.project)
     code.write_text(
-        code.read_text() + '\n\n@app.get("/edited")\nasync def edited() -> None:\n    pass\n'
+        code.read_text()
+        + f'\n\n@app.get("/edited-{uuid.uuid4().hex}")\nasync def edited() -> None:\n    pass\n'
     )
     tag = unique_name("tt-edit")
     try:
