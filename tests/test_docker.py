@@ -328,6 +328,19 @@ def test_docker_stop_ends_within_2_seconds(key: str, images: dict[str, Built]) -
 @pytest.mark.docker
 @DOCKER_GROUP
 @pytest.mark.parametrize("key", ALL)
+def test_docker_stop_during_start_up_does_not_wait_for_the_kill(
+    key: str, images: dict[str, Built]
+) -> None:
+    with container(images[key].tag) as name:
+        stop_seconds = timed_stop(name)
+        exit_code = docker("inspect", "-f", "{{.State.ExitCode}}", name).stdout.strip()
+    assert stop_seconds < 2.0, f"docker stop took {stop_seconds:.2f} s"
+    assert exit_code != "137", "killed after the stop timeout"
+
+
+@pytest.mark.docker
+@DOCKER_GROUP
+@pytest.mark.parametrize("key", ALL)
 def test_request_in_flight_when_the_stop_arrives_completes(
     key: str, images: dict[str, Built]
 ) -> None:
