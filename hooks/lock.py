@@ -1,10 +1,10 @@
 """Create or refresh the lock file of the generated project with its own tool.
 
 Runs as a copier task after copy, and as a migration after every update:
-`lock.py TOOL [PACKAGE_INDEX]`. Every tool keeps the versions already locked and only resolves
-what changed, so running it after an update is safe; where the update left conflict markers in
-the dependency files it locks nothing and says so. Skip it with `--skip-tasks`, then run the
-command it prints yourself.
+`lock.py TOOL PYTHON_VERSION [PACKAGE_INDEX]`. Every tool keeps the versions already locked
+and only resolves what changed, so running it after an update is safe; where the update left
+conflict markers in the dependency files it locks nothing and says so. Skip it with
+`--skip-tasks`, then run the command it prints yourself.
 
 uv and Poetry find the package index in pyproject.toml. pip-compile gets it as PIP_INDEX_URL,
 never written into the requirements files, so credentials the user keeps in PIP_INDEX_URL for
@@ -64,20 +64,38 @@ def without_credentials(url: str) -> str:
     return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2])).rstrip("/")
 
 
-def tool_environment(package_index: str) -> dict[str, str]:
+def python_directory(version: str) -> str | None:
+    """The directory of the real `pythonX.Y` executable (not a pyenv shim), if it is installed."""
+    python = shutil.which(f"python{version}")
+    if python is None:
+        return None
+    where = subprocess.run(
+        [python, "-c", "import os, sys; print(os.path.dirname(sys.executable))"],
+        capture_output=True,
+        text=True,
+    )
+    return where.stdout.strip() or None
+
+
+def tool_environment(python_version: str, package_index: str) -> dict[str, str]:
     """The environment of the lock commands.
 
-    Copier's own virtualenv is not the project's (Poetry would lock for its Python). pip gets
-    the project's index, unless PIP_INDEX_URL already names it, maybe with credentials.
+    The project is locked for its own Python, not for the virtualenv copier runs in: Poetry
+    locks with an active virtualenv, or else the first `python3` on PATH, so the project's
+    Python goes first there. pip gets the project's index, unless PIP_INDEX_URL already names
+    it, maybe with credentials.
     """
     env = {key: value for key, value in os.environ.items() if key != "VIRTUAL_ENV"}
+    directory = python_directory(python_version)
+    if directory:
+        env["PATH"] = f"{directory}{os.pathsep}{env.get('PATH', '')}"
     current = env.get("PIP_INDEX_URL", "")
     if package_index and without_credentials(current) != without_credentials(package_index):
         env["PIP_INDEX_URL"] = package_index
     return env
 
 
-def main(tool: str, package_index: str = "") -> int:
+def main(tool: str, python_version: str, package_index: str = "") -> int:
     commands = COMMANDS[tool]
     printable = " && ".join(" ".join(command) for command in commands)
     unresolved = ", ".join(conflicted(INPUTS[tool]))
@@ -93,7 +111,7 @@ def main(tool: str, package_index: str = "") -> int:
             file=sys.stderr,
         )
         return 1
-    env = tool_environment(package_index)
+    env = tool_environment(python_version, package_index)
     for command in commands:
         print("Locking:", " ".join(command[1:]), flush=True)
         result = subprocess.run(command, env=env)

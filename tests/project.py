@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import copier
-from plumbum import local
 
 # uv must not download Pythons, and every pyenv Python must stay visible to child processes
 # (a pyenv shim otherwise narrows PYENV_VERSION to its own version).
@@ -44,23 +43,6 @@ def render(template: Path, dest: Path, answers: dict[str, Any], *, tasks: bool =
         quiet=True,
     )
     return dest
-
-
-def render_locked(template: Path, dest: Path, answers: dict[str, Any]) -> Path:
-    """Render with the template's tasks (`.env`, lock file). Poetry locks with an active
-    virtualenv or else the first `python3` on PATH, so the project's Python goes first there;
-    copier hands its tasks plumbum's copy of the environment, so that is where it is set."""
-    python = f"python{answers.get('python_version', '3.13')}"
-    where = subprocess.run(
-        [python, "-c", "import os, sys; print(os.path.dirname(sys.executable))"],
-        env=tool_env(),
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
-    with local.env(**TOOL_ENV, PATH=f"{where}{os.pathsep}{local.env['PATH']}"):
-        local.env.pop("VIRTUAL_ENV", None)
-        return render(template, dest, answers, tasks=True)
 
 
 def run(command: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:

@@ -30,7 +30,7 @@ import pytest
 
 from tests.combinations import SIMPLE_INDEX, Answers
 from tests.docker import build, compose_stack, container, docker, require_engine, unique_name
-from tests.project import free_port, http_get, render, render_locked, wait_for_http
+from tests.project import free_port, http_get, render, wait_for_http
 
 DOCKER_GROUP = pytest.mark.xdist_group("docker")
 
@@ -163,7 +163,7 @@ class Process:
 
 
 def _render_locked(job: tuple[Path, Path, Answers]) -> None:
-    render_locked(*job)
+    render(*job, tasks=True)
 
 
 def _render_without_tasks(job: tuple[Path, Path, Answers]) -> None:
@@ -477,7 +477,7 @@ def test_compose_stack_is_healthy_on_127_0_0_1_and_down_removes_it(
 ) -> None:
     require_engine()
     slug = unique_name("tt-stack")
-    project = render_locked(template, tmp_path / "project", {**answers, "project_slug": slug})
+    project = render(template, tmp_path / "project", {**answers, "project_slug": slug}, tasks=True)
     port = free_port()
     with (project / ".env").open("a") as env:
         env.write(f"APP_PORT={port}\n")
@@ -536,7 +536,7 @@ def test_proxy_stack_trusts_forwarded_headers_only_from_the_proxy(
     require_engine()
     slug = unique_name(f"tt-{proxy}")
     answers = {"reverse_proxy": proxy, "database": "none", "project_slug": slug}
-    project = render_locked(template, tmp_path / "project", answers)
+    project = render(template, tmp_path / "project", answers, tasks=True)
     with (project / "app" / "main.py").open("a") as code:
         code.write(WHOAMI_ROUTE)
     port = free_port()

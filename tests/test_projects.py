@@ -8,6 +8,7 @@ ruff, mypy strict) and answer `/health` over HTTP as a real Uvicorn server.
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -55,27 +56,45 @@ def test_lock_file_made_by_its_own_tool(project: Installed) -> None:
     assert (project.path / ".env").is_file()
 
 
-def ci_check_steps(project: Path) -> list[str]:
+def ci_check_steps(project: Path) -> list[dict[str, Any]]:
     """The shell steps of the generated CI workflow's check job, in order."""
     workflow = yaml.safe_load((project / ".github" / "workflows" / "ci.yml").read_text())
-    return [step["run"] for step in workflow["jobs"]["check"]["steps"] if "run" in step]
+    return [step for step in workflow["jobs"]["check"]["steps"] if "run" in step]
 
 
 def test_ci_workflow_lints_type_checks_and_tests(project: Installed) -> None:
-    steps = " | ".join(ci_check_steps(project.path))
+    steps = " | ".join(step["run"] for step in ci_check_steps(project.path))
     for command in ("ruff check .", "ruff format --check .", "mypy", "pytest"):
         assert command in steps
 
 
-def test_ci_check_job_passes_step_by_step(project: Installed) -> None:
+def test_ci_check_job_passes_step_by_step(project: Installed, tmp_path: Path) -> None:
     """The workflow's own commands (its project tests, ruff, mypy strict) pass here too.
 
-    Installing the tool itself (`pipx install poetry`) is the runner's business and skipped.
+    Run as the runner does: `${{ secrets.* }}` unset (as on a fork), and NAME=value lines a
+    step appends to $GITHUB_ENV exported to the steps after it. Installing the tool itself
+    (`pipx install poetry`) is the runner's business and skipped.
     """
-    path = f"{project.bin}{os.pathsep}{os.environ['PATH']}"
+    github_env = tmp_path / "github_env"
+    github_env.touch()
+    exported: dict[str, str] = {}
     for step in ci_check_steps(project.path):
-        if not step.startswith("pipx "):
-            run(["bash", "-ec", step], project.path, PATH=path, **project.env)
+        if step["run"].startswith("pipx "):
+            continue
+        step_env = {
+            name: "" if "${{" in value else value for name, value in step.get("env", {}).items()
+        }
+        run(
+            ["bash", "-ec", step["run"]],
+            project.path,
+            PATH=f"{project.bin}{os.pathsep}{os.environ['PATH']}",
+            GITHUB_ENV=str(github_env),
+            **{**project.env, **exported, **step_env},
+        )
+        for line in github_env.read_text().splitlines():
+            name, equals, value = line.partition("=")
+            if equals:
+                exported[name] = value
 
 
 def test_server_answers_health_over_http(project: Installed) -> None:
