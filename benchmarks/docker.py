@@ -7,7 +7,7 @@ mounts, which only the template uses, stay as on a developer's machine), rebuild
 code-only edit, image size, start-to-first-200 on /health (from `docker run` to the first 200)
 and `docker stop` of an idle server (medians of a few runs); then the ratios to the targets.
 
-    uv run python benchmarks/docker.py [--runs N]
+    uv run python -m benchmarks.docker [--runs N]
 """
 
 import argparse
@@ -22,12 +22,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from tests.combinations import SIMPLE_INDEX
+from tests.docker import docker, engine_problem, unique_name
+from tests.project import http_get, render, snapshot
 
-from tests.combinations import SIMPLE_INDEX  # noqa: E402
-from tests.docker import docker, engine_problem, unique_name  # noqa: E402
-from tests.project import http_get, render_locked, snapshot  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 PYTHON = "3.13"
 TARGETS = "image <= 0.35x naive, code-edit rebuild < 3 s, start-to-200 < 1.5 s, stop < 1 s"
@@ -126,7 +125,7 @@ def main() -> None:
         "uv, no database": {"dependency_tool": "uv", "database": "none"},
     }
     for name, answers in variants.items():
-        project = render_locked(template, root / name, {**answers, "python_version": PYTHON})
+        project = render(template, root / name, {**answers, "python_version": PYTHON}, tasks=True)
         print(f"measuring {name} ...", file=sys.stderr, flush=True)
         figures[name] = measure(project, project / "app" / "main.py", 8000, args.runs)
     naive = naive_project(root / "uv", root / "naive")
