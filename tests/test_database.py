@@ -27,7 +27,7 @@ import pytest
 
 from tests import docker
 from tests.postgres import PASSWORD, PostgresServer, start_server
-from tests.project import free_port, http_get, install, render, tool_env
+from tests.project import free_port, http_get, install, render, stop, tool_env
 
 pytestmark = pytest.mark.xdist_group("database")
 
@@ -150,12 +150,7 @@ def serving(
     try:
         yield Server(process, f"http://127.0.0.1:{port}", log)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process)
 
 
 def until(
