@@ -18,14 +18,9 @@ from pathlib import Path
 
 from packaging.version import InvalidVersion, Version
 
-from tests.project import snapshot
+from tests.project import git, snapshot
 
 REPO = Path(__file__).resolve().parent.parent
-GIT = ["git", "-c", "user.name=Benchmark", "-c", "user.email=benchmark@example.com"]
-
-
-def git(cwd: Path, *args: str) -> str:
-    return subprocess.run([*GIT, *args], cwd=cwd, check=True, capture_output=True, text=True).stdout
 
 
 def release_tags(repo: Path) -> list[str]:

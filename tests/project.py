@@ -25,6 +25,15 @@ TOOL_ENV = {
 }
 
 
+# Commits made by tests (and by copier in the repositories they make) need an identity.
+GIT_IDENTITY = {
+    "GIT_AUTHOR_NAME": "Template Tests",
+    "GIT_AUTHOR_EMAIL": "tests@example.com",
+    "GIT_COMMITTER_NAME": "Template Tests",
+    "GIT_COMMITTER_EMAIL": "tests@example.com",
+}
+
+
 def tool_env(**extra: str) -> dict[str, str]:
     """The environment for a generated project's tools: no inherited virtualenv."""
     env = {key: value for key, value in os.environ.items() if key != "VIRTUAL_ENV"}
@@ -56,6 +65,11 @@ def run(command: list[str], cwd: Path, **env: str) -> subprocess.CompletedProces
             f"--- stdout\n{result.stdout[-6000:]}\n--- stderr\n{result.stderr[-6000:]}"
         )
     return result
+
+
+def git(cwd: Path, *args: str) -> str:
+    """Run git in a repository the test made; return what it printed."""
+    return run(["git", *args], cwd, **GIT_IDENTITY).stdout
 
 
 def install(project: Path, answers: dict[str, Any], **env: str) -> Path:

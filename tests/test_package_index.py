@@ -24,7 +24,7 @@ import yaml
 from tests import docker
 from tests.combinations import SIMPLE_INDEX
 from tests.private_index import PrivateIndex, private_index
-from tests.project import install, run, tool_env, wait_for_http
+from tests.project import git, install, render, run, tool_env, wait_for_http
 
 COPIER = Path(sys.executable).parent / "copier"
 TOOLS = ["uv", "poetry", "pip"]
@@ -264,15 +264,7 @@ def test_default_output_configures_no_package_index(
     tool: str, template: Path, tmp_path: Path
 ) -> None:
     public = tmp_path / "public"
-    copier.run_copy(
-        str(template),
-        str(public),
-        data={"dependency_tool": tool},
-        defaults=True,
-        unsafe=True,
-        skip_tasks=True,
-        quiet=True,
-    )
+    render(template, public, {"dependency_tool": tool})
     found = {
         path.relative_to(public).as_posix(): match.group()
         for path in public.rglob("*")
@@ -282,15 +274,7 @@ def test_default_output_configures_no_package_index(
     assert yaml.safe_load((public / ".copier-answers.yml").read_text())["package_index"] == ""
 
     private = tmp_path / "private"
-    copier.run_copy(
-        str(template),
-        str(private),
-        data={"dependency_tool": tool, "package_index": SIMPLE_INDEX},
-        defaults=True,
-        unsafe=True,
-        skip_tasks=True,
-        quiet=True,
-    )
+    render(template, private, {"dependency_tool": tool, "package_index": SIMPLE_INDEX})
     configured = {
         path.relative_to(private).as_posix()
         for path in private.rglob("*")
@@ -351,15 +335,7 @@ def test_other_unsafe_or_malformed_index_urls_are_rejected(
     url: str, template: Path, tmp_path: Path
 ) -> None:
     with pytest.raises(ValueError, match="question 'package_index'") as error:
-        copier.run_copy(
-            str(template),
-            str(tmp_path / "p"),
-            data={"package_index": url},
-            defaults=True,
-            unsafe=True,
-            skip_tasks=True,
-            quiet=True,
-        )
+        render(template, tmp_path / "p", {"package_index": url})
     assert SECRET not in str(error.value)
     assert not (tmp_path / "p").exists()
 
@@ -376,25 +352,8 @@ def test_other_unsafe_or_malformed_index_urls_are_rejected(
     ],
 )
 def test_simple_api_urls_are_accepted(url: str, template: Path, tmp_path: Path) -> None:
-    copier.run_copy(
-        str(template),
-        str(tmp_path / "p"),
-        data={"package_index": url},
-        defaults=True,
-        unsafe=True,
-        skip_tasks=True,
-        quiet=True,
-    )
+    render(template, tmp_path / "p", {"package_index": url})
     assert f'url = "{url}"' in (tmp_path / "p" / "pyproject.toml").read_text()
-
-
-def git(cwd: Path, *args: str) -> None:
-    subprocess.run(
-        ["git", "-c", "user.name=test", "-c", "user.email=test@example.com", *args],
-        cwd=cwd,
-        check=True,
-        capture_output=True,
-    )
 
 
 def test_update_from_a_project_made_before_the_question_keeps_working(

@@ -6,27 +6,18 @@ from pathlib import Path
 
 import pytest
 
-from tests.project import snapshot
+from tests.project import git, snapshot
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def git(*args: str, cwd: Path) -> None:
-    subprocess.run(
-        ["git", "-c", "user.name=Test", "-c", "user.email=test@example.com", *args],
-        cwd=cwd,
-        check=True,
-        capture_output=True,
-    )
 
 
 @pytest.fixture(scope="module")
 def template_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The template committed in a git repository of its own, as a user clones it."""
     repo = snapshot(REPO, tmp_path_factory.mktemp("template-repo"))
-    git("init", "-q", "-b", "main", cwd=repo)
-    git("add", "-A", cwd=repo)
-    git("commit", "-q", "-m", "template", cwd=repo)
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "template")
     return repo
 
 

@@ -17,18 +17,12 @@ import pytest
 import yaml
 
 from tests import docker
-from tests.project import http_get, install, render, run, wait_for_http
+from tests.project import GIT_IDENTITY, git, http_get, install, render, run, wait_for_http
 
 REPO = Path(__file__).resolve().parent.parent
 
 OLD, NEW = "0.1.0", "0.2.0"
 AUTHOR = "Ada Lovelace <ada@example.com>"
-GIT_IDENTITY = {
-    "GIT_AUTHOR_NAME": "Template Tests",
-    "GIT_AUTHOR_EMAIL": "tests@example.com",
-    "GIT_COMMITTER_NAME": "Template Tests",
-    "GIT_COMMITTER_EMAIL": "tests@example.com",
-}
 CONFLICT_MARKER = re.compile(r"^(<{7}|>{7}) ", re.MULTILINE)
 
 # What release 0.2.0 changes, as (file of the template, text there, text instead).
@@ -67,10 +61,6 @@ RELEASE_EDITS = [
     ),
 ]
 RENAMED_IN = "template/pyproject.toml.jinja"
-
-
-def git(cwd: Path, *args: str) -> str:
-    return run(["git", *args], cwd, **GIT_IDENTITY).stdout
 
 
 def copier(cwd: Path, *args: str) -> str:
