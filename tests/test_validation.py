@@ -4,6 +4,7 @@ The checks live in copier.yml (validators, choices, `when`), so they hold for ev
 these tests go through the command line with `--data`, which skips the interactive prompt.
 """
 
+import ipaddress
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +29,21 @@ BAD_ANSWERS = [
     ({"reverse_proxy": "caddy"}, "reverse_proxy"),
     ({"reverse_proxy": "external", "forwarded_allow_ips": "*"}, "forwarded_allow_ips"),
     ({"reverse_proxy": "external", "forwarded_allow_ips": "proxy.local"}, "forwarded_allow_ips"),
+    ({"reverse_proxy": "external", "forwarded_allow_ips": "0.0.0.0/0"}, "trusts every address"),
+    ({"reverse_proxy": "external", "forwarded_allow_ips": "::/0"}, "trusts every address"),
+    (
+        {"reverse_proxy": "external", "forwarded_allow_ips": "10.0.0.0/8, 0.0.0.0/0"},
+        '"0.0.0.0/0" trusts every address',
+    ),
+    (
+        {"reverse_proxy": "external", "forwarded_allow_ips": "999.1.1.1/99"},
+        '"999.1.1.1/99" is not an IP address',
+    ),
+    ({"reverse_proxy": "external", "forwarded_allow_ips": "10.0.0.0/33"}, "prefix length"),
+    ({"reverse_proxy": "external", "forwarded_allow_ips": "10.0.0.1/8"}, "host bits set"),
+    ({"reverse_proxy": "external", "forwarded_allow_ips": "fd00::1/8"}, "host bits set"),
+    ({"reverse_proxy": "external", "forwarded_allow_ips": "1::2::3"}, "forwarded_allow_ips"),
+    ({"reverse_proxy": "external", "forwarded_allow_ips": "010.0.0.1"}, "forwarded_allow_ips"),
     ({"database": "mysql"}, "database"),
     ({"package_index": "https://user:secret@pypi.example.com/simple/"}, "package_index"),
     ({"package_index": "http://pypi.example.com/simple/"}, "package_index"),
@@ -83,3 +99,40 @@ def test_answers_for_hidden_questions_leave_no_trace(template: Path, tmp_path: P
     assert "migrations" not in recorded
     assert "workers" not in recorded
     assert "WEB_CONCURRENCY" not in (project / "Dockerfile").read_text()
+
+
+# Every value Python's ipaddress.ip_network() takes (as Uvicorn parses FORWARDED_ALLOW_IPS),
+# except networks of every address, which the cases above refuse.
+ACCEPTED_PROXY_ADDRESSES = [
+    "192.168.1.10",
+    "10.0.0.0/8, 192.168.1.10",
+    "172.16.0.0/12,fd00::/8",
+    "203.0.113.7/32",
+    "0.0.0.0/1",
+    "2001:db8::1",
+    "2001:db8::/32",
+    "1:2:3:4:5:6:7::",
+    "::1",
+]
+
+
+@pytest.mark.parametrize("value", ACCEPTED_PROXY_ADDRESSES)
+def test_proxy_addresses_python_accepts_are_accepted(
+    template: Path, tmp_path: Path, value: str
+) -> None:
+    for entry in value.split(","):
+        assert ipaddress.ip_network(entry.strip()).prefixlen > 0
+    project = render(
+        template, tmp_path / "p", {"reverse_proxy": "external", "forwarded_allow_ips": value}
+    )
+    assert f"FORWARDED_ALLOW_IPS={value.replace(' ', '')}" in (project / "Dockerfile").read_text()
+
+
+def test_default_proxy_addresses_trust_one_host_only(template: Path, tmp_path: Path) -> None:
+    """`--defaults` works, and trusts no network: the user names the load balancer."""
+    dest = tmp_path / "my-api"
+    result = copier_copy(template, dest, {"reverse_proxy": "external"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    dockerfile = (dest / "Dockerfile").read_text()
+    trusted = dockerfile.split("FORWARDED_ALLOW_IPS=", 1)[1].split()[0]
+    assert [ipaddress.ip_network(entry).num_addresses for entry in trusted.split(",")] == [1]
