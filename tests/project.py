@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import copier
+import yaml
 
 # uv must not download Pythons, and every pyenv Python must stay visible to child processes
 # (a pyenv shim otherwise narrows PYENV_VERSION to its own version).
@@ -89,6 +90,12 @@ def install(project: Path, answers: dict[str, Any], **env: str) -> Path:
         pip = [".venv/bin/pip", "install", "--require-hashes", "-r", "requirements-dev.txt"]
         run(pip, project, **env)
     return project / ".venv" / "bin"
+
+
+def ci_check_steps(project: Path) -> list[dict[str, Any]]:
+    """The shell steps of the generated CI workflow's check job, in order."""
+    workflow = yaml.safe_load((project / ".github" / "workflows" / "ci.yml").read_text())
+    return [step for step in workflow["jobs"]["check"]["steps"] if "run" in step]
 
 
 def free_port() -> int:

@@ -8,14 +8,12 @@ ruff, mypy strict) and answer `/health` over HTTP as a real Uvicorn server.
 
 import os
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
 
 from tests.combinations import COVERING_SET, Answers, combination_id
 from tests.postgres import PostgresServer
-from tests.project import free_port, install, render, run, serve, wait_for_http
+from tests.project import ci_check_steps, free_port, install, render, run, serve, wait_for_http
 
 PROJECTS = [
     pytest.param(
@@ -54,12 +52,6 @@ def test_lock_file_made_by_its_own_tool(project: Installed) -> None:
     lock = {"uv": "uv.lock", "poetry": "poetry.lock", "pip": "requirements.txt"}
     assert (project.path / lock[project.answers["dependency_tool"]]).is_file()
     assert (project.path / ".env").is_file()
-
-
-def ci_check_steps(project: Path) -> list[dict[str, Any]]:
-    """The shell steps of the generated CI workflow's check job, in order."""
-    workflow = yaml.safe_load((project / ".github" / "workflows" / "ci.yml").read_text())
-    return [step for step in workflow["jobs"]["check"]["steps"] if "run" in step]
 
 
 def test_ci_workflow_lints_type_checks_and_tests(project: Installed) -> None:
