@@ -6,9 +6,15 @@ and only resolves what changed, so running it after an update is safe; where the
 conflict markers in the dependency files it locks nothing and says so. Skip it with
 `--skip-tasks`, then run the command it prints yourself.
 
+A lock that cannot be made (the tool is missing, the index does not answer) never fails the
+copy or the update: copier would delete the project it just rendered. It says what failed and
+the command to run once that is fixed, and exits 0.
+
 uv and Poetry find the package index in pyproject.toml. pip-compile gets it as PIP_INDEX_URL,
 never written into the requirements files, so credentials the user keeps in PIP_INDEX_URL for
-that index are used and never end up in a file.
+that index are used and never end up in a file. pip-compile runs in a throwaway virtualenv of
+the project's Python (its header and its markers say that version), removed afterwards, and
+writes nothing of this machine's pip configuration (find-links, index or trusted-host options).
 """
 
 import os
@@ -24,7 +30,14 @@ INPUTS = {
     "poetry": ["pyproject.toml"],
     "pip": ["requirements.in", "requirements-dev.in"],
 }
-PIP_COMPILE = ["pip-compile", "--quiet", "--generate-hashes", "--no-emit-index-url"]
+PIP_COMPILE = [
+    "pip-compile",
+    "--quiet",
+    "--generate-hashes",
+    "--no-emit-index-url",
+    "--no-emit-find-links",
+    "--no-emit-trusted-host",
+]
 COMMANDS = {
     "uv": [["uv", "lock"]],
     "poetry": [["poetry", "lock"]],
@@ -35,14 +48,19 @@ COMMANDS = {
 }
 
 
-def pip_compile() -> str:
-    """Find pip-compile, or install pip-tools into a throwaway environment for this run."""
-    found = shutil.which("pip-compile")
-    if found:
-        return found
-    venv = Path(tempfile.mkdtemp(prefix="pip-tools-"))
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    subprocess.run([str(venv / "bin" / "pip"), "install", "--quiet", "pip-tools"], check=True)
+class LockFailed(Exception):
+    """What kept the lock from being made, in words for the user."""
+
+
+def pip_compile(python: str, scratch: Path) -> str:
+    """pip-compile installed into a virtualenv of `python` in `scratch`."""
+    venv = scratch / "pip-tools"
+    for command in (
+        [python, "-m", "venv", str(venv)],
+        [str(venv / "bin" / "pip"), "install", "--quiet", "pip-tools"],
+    ):
+        if subprocess.run(command).returncode != 0:
+            raise LockFailed(f"`{' '.join(command)}` failed (see above)")
     return str(venv / "bin" / "pip-compile")
 
 
@@ -95,28 +113,43 @@ def tool_environment(python_version: str, package_index: str) -> dict[str, str]:
     return env
 
 
+def lock(tool: str, python_version: str, package_index: str) -> None:
+    """Run the tool's lock commands; raise LockFailed if one cannot run or fails."""
+    env = tool_environment(python_version, package_index)
+    with tempfile.TemporaryDirectory(prefix="lock-") as scratch:
+        commands = COMMANDS[tool]
+        if tool == "pip":
+            python = shutil.which(f"python{python_version}")
+            if python is None:
+                raise LockFailed(f"Python {python_version} (python{python_version}) is not found")
+            executable = pip_compile(python, Path(scratch))
+            commands = [[executable, *command[1:]] for command in commands]
+        elif shutil.which(tool) is None:
+            raise LockFailed(f"{tool} is not installed")
+        for command in commands:
+            print("Locking:", " ".join(command[1:]), flush=True)
+            result = subprocess.run(command, env=env)
+            if result.returncode != 0:
+                shown = " ".join([Path(command[0]).name, *command[1:]])
+                raise LockFailed(f"`{shown}` exited {result.returncode} (its output is above)")
+
+
 def main(tool: str, python_version: str, package_index: str = "") -> int:
-    commands = COMMANDS[tool]
-    printable = " && ".join(" ".join(command) for command in commands)
+    printable = " && ".join(" ".join(command) for command in COMMANDS[tool])
+    if tool == "pip":
+        printable = f"pip install pip-tools && {printable}  (in the project's virtualenv)"
     unresolved = ", ".join(conflicted(INPUTS[tool]))
     if unresolved:
         print(f"Not locking: resolve the conflicts in {unresolved}, then run `{printable}`.")
         return 0
-    if tool == "pip":
-        executable = pip_compile()
-        commands = [[executable, *command[1:]] for command in commands]
-    elif shutil.which(tool) is None:
+    try:
+        lock(tool, python_version, package_index)
+    except LockFailed as failure:
         print(
-            f"{tool} is not installed: install it, then run `{printable}`.",
+            f"\nThe dependencies are NOT locked: {failure}.\n"
+            f"The project itself is complete. Once that is fixed, run in it:\n    {printable}\n",
             file=sys.stderr,
         )
-        return 1
-    env = tool_environment(python_version, package_index)
-    for command in commands:
-        print("Locking:", " ".join(command[1:]), flush=True)
-        result = subprocess.run(command, env=env)
-        if result.returncode != 0:
-            return result.returncode
     return 0
 
 

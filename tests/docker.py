@@ -15,8 +15,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.project import free_port
+
 # BuildKit for cache and secret mounts; compose builds with its built-in builder where no buildx.
-DOCKER_ENV = {"DOCKER_BUILDKIT": "1", "COMPOSE_BAKE": "false"}
+# Compose publishes PostgreSQL on 127.0.0.1 at POSTGRES_PORT (5432 in .env): a port of this test
+# process instead (the shell environment wins over .env), so stacks never compete for 5432.
+DOCKER_ENV = {"DOCKER_BUILDKIT": "1", "COMPOSE_BAKE": "false", "POSTGRES_PORT": str(free_port())}
 
 
 @functools.cache

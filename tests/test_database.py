@@ -67,7 +67,7 @@ PROJECTS = {
     "sqlite_create_all": SQLITE_CREATE_ALL,
 }
 UPGRADE_LINE = "Running upgrade  -> 0001"
-PACKAGE = "my_api"  # package_name derived from the default project_name, "My API"
+PACKAGE = "my_api"  # project_identifier derived from the default project_name, "My API"
 
 
 class Project:

@@ -468,3 +468,37 @@ def test_migrations_carry_a_changed_choice_and_the_edits_of_a_moved_file(tmp_pat
     moved = (project / "docs/notes.txt").read_text()
     assert "line 2, from the project\n" in moved and "line 9, from the template\n" in moved
     assert conflicts(project) == []
+
+
+def test_package_name_answer_moves_to_project_identifier(template: Path, tmp_path: Path) -> None:
+    """Releases before 0.2.0 called the question `package_name`; updating keeps its answer."""
+    repo = shutil.copytree(template, tmp_path / "template")
+    for path in [
+        repo / "copier.yml",
+        *project_files(repo / "template"),
+        *(repo / "includes").rglob("*.jinja"),
+    ]:
+        text = path.read_text()
+        path.write_text(text.replace("project_identifier", "package_name"))
+    git(repo, "init", "--quiet")
+    commit_all(repo, "Release 0.1.0, with `package_name`")
+    git(repo, "tag", OLD)
+    shutil.copytree(template, repo, dirs_exist_ok=True)
+    commit_all(repo, "Release 0.2.0")
+    git(repo, "tag", NEW)
+    project = copy_project(
+        repo,
+        tmp_path / "service",
+        "--skip-tasks",
+        *("--data", "database=postgresql"),
+        *("--data", "package_name=billing"),
+    )
+    assert answers(project)["package_name"] == "billing"
+
+    copier(project, "update", "--trust", "--defaults", "--skip-tasks")
+
+    recorded = answers(project)
+    assert "package_name" not in recorded
+    assert recorded["project_identifier"] == "billing"
+    assert "POSTGRES_DB=billing\n" in (project / ".env.example").read_text()
+    assert conflicts(project) == []

@@ -10,15 +10,28 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.project import render
 
 BAD_ANSWERS = [
     ({"project_name": " "}, "project_name"),
+    ({"project_name": "Two\nlines"}, "project_name"),
+    ({"project_name": "Bell \a"}, "project_name"),
+    ({"description": "Line\u2028separator"}, "description"),
+    ({"description": "Next\x85line"}, "description"),
+    ({"author": "Ada Lovelace"}, "author"),
+    ({"author": "ada@example.com"}, "author"),
+    ({"author": "Ada <ada>"}, "author"),
+    ({"author": "Ada, Bob <ada@example.com>"}, "author"),
+    ({"author": "Ada <ada@example.com> Bob"}, "author"),
+    ({"author": "<ada@example.com>"}, "author"),
     ({"project_slug": "My_API"}, "project_slug"),
+    ({"project_slug": "a" * 64}, "project_slug"),
+    ({"project_identifier": "a" * 64}, "project_identifier"),
     ({"project_slug": "api--v2"}, "project_slug"),
-    ({"package_name": "1api"}, "package_name"),
-    ({"package_name": "my-api"}, "package_name"),
+    ({"project_identifier": "1api"}, "project_identifier"),
+    ({"project_identifier": "my-api"}, "project_identifier"),
     ({"python_version": "3.10"}, "python_version"),
     ({"dependency_tool": "pipenv"}, "dependency_tool"),
     ({"layout": "src"}, "layout"),
@@ -136,3 +149,17 @@ def test_default_proxy_addresses_trust_one_host_only(template: Path, tmp_path: P
     dockerfile = (dest / "Dockerfile").read_text()
     trusted = dockerfile.split("FORWARDED_ALLOW_IPS=", 1)[1].split()[0]
     assert [ipaddress.ip_network(entry).num_addresses for entry in trusted.split(",")] == [1]
+
+
+def test_every_question_fits_an_80_column_terminal() -> None:
+    """copier prints `🎤 ` (3 columns) before each help line, and about 4 before each choice;
+    details belong in the README."""
+    config = yaml.safe_load((Path(__file__).parent.parent / "copier.yml").read_text())
+    too_wide = []
+    for name, question in config.items():
+        if name.startswith("_"):
+            continue
+        lines = [(3, line) for line in question.get("help", "").splitlines()]
+        lines += [(4, title) for title in question.get("choices", {})]
+        too_wide += [f"{name}: {text}" for indent, text in lines if indent + len(text) > 80]
+    assert not too_wide, "\n".join(too_wide)

@@ -1,0 +1,84 @@
+"""What a new user meets first: the message after copy, and the generated README's "Run locally"
+steps for PostgreSQL, run as written."""
+
+import json
+import re
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests import docker
+from tests.project import free_port, http_get, render, run, serve, wait_for_http
+
+
+def run_locally_steps(readme: str) -> tuple[list[str], str]:
+    """The shell lines of the "Run locally" section, and the command it says starts PostgreSQL."""
+    section = readme.split("## Run locally", 1)[1].split("\n## ", 1)[0]
+    block = re.search(r"```sh\n(.*?)```", section, re.DOTALL)
+    assert block, "no sh block under Run locally"
+    database = re.search(r"`(docker compose [^`]*db)`", section)
+    assert database, "Run locally does not say how to start the database"
+    return block.group(1).strip().splitlines(), database.group(1)
+
+
+@pytest.mark.docker
+def test_postgresql_run_locally_steps_work_as_written(template: Path, tmp_path: Path) -> None:
+    docker.require_engine()
+    answers = {"database": "postgresql", "migrations": True}
+    project = render(template, tmp_path / "my-api", answers, tasks=True)
+    steps, start_database = run_locally_steps((project / "README.md").read_text())
+    compose_project = docker.unique_name("tt")
+    database_port = docker.DOCKER_ENV["POSTGRES_PORT"]
+    with (project / ".env").open("a") as env:
+        env.write(f"POSTGRES_PORT={database_port}\n")  # 5432 may be taken on this machine
+    compose = start_database.replace("docker compose", f"docker compose -p {compose_project}")
+    try:
+        docker.docker(*compose.split()[1:], cwd=project)
+        *setup, server = steps
+        for line in setup:
+            run(["sh", "-c", line], project)
+        port = free_port()
+        with serve(["sh", "-c", f"exec {server} --port {port}"], project) as process:
+            url = f"http://127.0.0.1:{port}"
+            assert wait_for_http(f"{url}/ready", timeout=60, process=process) == 200
+            body = json.dumps({"name": "lamp", "description": "desk lamp"}).encode()
+            headers = {"content-type": "application/json"}
+            create = urllib.request.Request(f"{url}/items", data=body, headers=headers)
+            with urllib.request.urlopen(create, timeout=10) as response:
+                created = json.loads(response.read())
+            assert http_get(f"{url}/items/{created['id']}")[0] == 200
+    finally:
+        docker.docker("compose", "-p", compose_project, "down", "-v", cwd=project, check=False)
+
+
+def test_message_after_copy_lists_the_next_commands(template: Path, tmp_path: Path) -> None:
+    dest = tmp_path / "my-api"
+    result = subprocess.run(
+        [
+            *(sys.executable, "-m", "copier", "copy", "--defaults", "--skip-tasks"),
+            *("--data", "dependency_tool=poetry", "--data", "database=postgresql"),
+            *(str(template), str(dest)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    message = result.stdout + result.stderr
+    for command in [
+        f"cd {dest}",
+        "git init",
+        "poetry install",
+        "cp .env.example .env",
+        "poetry lock",
+        "docker compose up -d --wait db",
+        "poetry run alembic upgrade head",
+        "poetry run pytest",
+        "docker compose up --build --wait",
+        "copier update --trust --skip-answered",
+    ]:
+        assert command in message, command
+    assert all(len(line) <= 80 for line in message.splitlines() if str(dest) not in line)
