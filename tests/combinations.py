@@ -40,6 +40,26 @@ def every_combination() -> list[Answers]:
     ]
 
 
+def metrics_combinations() -> list[Answers]:
+    """Prometheus metrics with every layout, process model and database, the proxies in turn.
+
+    The metrics code depends on those three; crossing it with the whole product would double
+    the render test.
+    """
+    return [
+        {
+            "layout": layout,
+            "process_model": process,
+            "reverse_proxy": REVERSE_PROXIES[index % len(REVERSE_PROXIES)],
+            **database,
+            "metrics": "prometheus",
+        }
+        for index, (layout, process, database) in enumerate(
+            itertools.product(LAYOUTS, PROCESS_MODELS, DATABASES)
+        )
+    ]
+
+
 def combination_id(answers: Answers) -> str:
     parts = [str(value) for key, value in answers.items() if key != "package_index"]
     return "-".join(parts)
@@ -65,6 +85,7 @@ COVERING_SET: list[Answers] = [
         "reverse_proxy": "traefik",
         "database": "postgresql",
         "migrations": True,
+        "metrics": "prometheus",
     },
     {
         "dependency_tool": "poetry",
@@ -74,6 +95,7 @@ COVERING_SET: list[Answers] = [
         "workers": 3,
         "reverse_proxy": "nginx",
         "database": "none",
+        "metrics": "prometheus",
     },
     {
         "dependency_tool": "poetry",

@@ -11,7 +11,6 @@ nothing behind. hadolint checks the Dockerfile of many renders.
 import contextlib
 import http.client
 import json
-import random
 import shutil
 import subprocess
 import sys
@@ -29,7 +28,15 @@ from typing import IO
 import pytest
 
 from tests.combinations import SIMPLE_INDEX, Answers
-from tests.docker import build, compose_stack, container, docker, require_engine, unique_name
+from tests.docker import (
+    build,
+    compose_stack,
+    container,
+    docker,
+    free_subnet,
+    require_engine,
+    unique_name,
+)
 from tests.project import free_port, http_get, render, wait_for_http
 
 DOCKER_GROUP = pytest.mark.xdist_group("docker")
@@ -511,20 +518,6 @@ import json, urllib.request
 request = urllib.request.Request("http://127.0.0.1:8000/whoami", headers={SPOOFED!r})
 print(urllib.request.urlopen(request).read().decode())
 """
-
-
-def free_subnet() -> str:
-    """A /24 no Docker network uses, for the edge network of a proxy stack under test."""
-    networks = docker("network", "ls", "-q").stdout.split()
-    used = docker(
-        "network", "inspect", "-f", "{{range .IPAM.Config}}{{.Subnet}} {{end}}", *networks
-    )
-    taken = set(used.stdout.split())
-    for third in random.sample(range(1, 255), 254):
-        subnet = f"172.29.{third}.0/24"
-        if subnet not in taken:
-            return subnet
-    raise AssertionError("no free subnet in 172.29.0.0/16")
 
 
 @pytest.mark.docker

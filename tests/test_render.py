@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.combinations import Answers, combination_id, every_combination
+from tests.combinations import Answers, combination_id, every_combination, metrics_combinations
 from tests.project import render
 
-COMBINATIONS = every_combination()
+COMBINATIONS = every_combination() + metrics_combinations()
 pytestmark = pytest.mark.xdist_group("render")
 
 LEFTOVER = re.compile(r"\{\{|\{%|%\}|\{#")

@@ -1,0 +1,144 @@
+"""Print what the request-id/access-log middleware and the metrics cost, next to the app without.
+
+    uv run python -m benchmarks.middleware
+
+Renders the default project (SQLite, migrations) twice, installed with uv: with the middleware
+and Prometheus metrics (`metrics=prometheus`, the template as generated), and without them (the
+`metrics=none` render with the middleware line taken out of `create_app`). Each runs as one
+Uvicorn process, as the image starts it (`logging.json`, no Uvicorn access log, LOG_LEVEL=INFO,
+stdout to /dev/null). Debian's `wrk` loads `/health` and `GET /items/{id}` on 127.0.0.1 in short
+bounded runs, the variants taking turns, ROUNDS times; the median requests/s and p99 of each
+are printed with the cost, and wrk's command line.
+
+The load generator shares the machine's cores with the server (and with whatever else runs):
+compare the rows of one run, not runs on different machines.
+"""
+
+import contextlib
+import re
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from tests.project import free_port, http_get, install, render, snapshot, tool_env
+
+REPO = Path(__file__).resolve().parent.parent
+ROUNDS = 3
+OFF = "off (no middleware, no metrics)"
+ON = "on (request id, access line, metrics)"
+WRK = ["wrk", "--threads", "1", "--connections", "8", "--latency", "--duration"]
+DURATION = "4s"
+PATHS = ("/health", "/items/1")
+SOCKET_ERRORS = r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)"
+MIDDLEWARE_LINE = "    app.add_middleware(RequestContextMiddleware)\n"
+
+
+def project(template: Path, dest: Path, metrics: str) -> Path:
+    render(template, dest, {"database": "sqlite", "metrics": metrics}, tasks=True)
+    install(dest, {"dependency_tool": "uv", "python_version": "3.13"})
+    if metrics == "none":
+        main = dest / "app" / "main.py"
+        assert MIDDLEWARE_LINE in main.read_text()
+        main.write_text(main.read_text().replace(MIDDLEWARE_LINE, ""))
+    return dest
+
+
+@contextlib.contextmanager
+def server(root: Path, data: Path) -> Iterator[str]:
+    """One Uvicorn process started as the image starts it; its base URL, with one item stored."""
+    env = {**tool_env(), "DATA_DIR": str(data), "LOG_LEVEL": "INFO"}
+    subprocess.run(
+        [".venv/bin/alembic", "upgrade", "head"], cwd=root, env=env, check=True, capture_output=True
+    )
+    port = free_port()
+    command = [".venv/bin/uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port)]
+    command += ["--log-config", "logging.json", "--no-access-log"]
+    process = subprocess.Popen(
+        command, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            with contextlib.suppress(OSError):
+                if http_get(f"{url}/health")[0] == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{url} did not answer")
+            time.sleep(0.1)
+        curl = ["curl", "-sf", "-X", "POST", "-H", "Content-Type: application/json"]
+        subprocess.run([*curl, "-d", '{"name": "one"}', f"{url}/items"], check=True)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def wrk(url: str) -> tuple[float, float, int]:
+    """Requests/s, p99 in ms and non-2xx/socket errors of one bounded wrk run."""
+    output = subprocess.run(
+        [*WRK, DURATION, url], capture_output=True, text=True, check=True
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
+    value, unit = re.search(r"99%\s+([\d.]+)(us|ms|s)", output).groups()  # type: ignore[union-attr]
+    p99 = float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    socket = re.search(SOCKET_ERRORS, output)
+    count = int(errors.group(1)) if errors else 0
+    count += sum(int(n) for n in socket.groups()) if socket else 0
+    return rps, p99, count
+
+
+def main() -> None:
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is missing (apt-get install wrk)")
+    with tempfile.TemporaryDirectory(prefix="bench-middleware-") as tmp:
+        workdir = Path(tmp)
+        template = snapshot(REPO, workdir / "template")
+        variants = {
+            "off (no middleware, no metrics)": project(template, workdir / "off", "none"),
+            "on (request id, access line, metrics)": project(
+                template, workdir / "on", "prometheus"
+            ),
+        }
+        results: dict[tuple[str, str], list[tuple[float, float, int]]] = {}
+        with contextlib.ExitStack() as stack:
+            urls = {
+                name: stack.enter_context(server(root, workdir / f"data-{index}"))
+                for index, (name, root) in enumerate(variants.items())
+            }
+            for url in urls.values():  # warm-up
+                for path in PATHS:
+                    subprocess.run([*WRK, "1s", f"{url}{path}"], capture_output=True)
+            for _ in range(ROUNDS):
+                for path in PATHS:
+                    for name, url in urls.items():
+                        results.setdefault((name, path), []).append(wrk(f"{url}{path}"))
+
+    print(f"Load: {' '.join(WRK)} {DURATION} URL")
+    print(f"(one Uvicorn process each; median of {ROUNDS} rounds, the variants taking turns)")
+    print()
+    print(
+        f"| {'variant':<38} | {'path':<9} | {'req/s':>8} | {'p99 ms':>7} | {'errors':>6} | cost |"
+    )
+    print(f"| {'-' * 38} | {'-' * 9} | {'-' * 8} | {'-' * 7} | {'-' * 6} | ---- |")
+    names = list(variants)
+    for path in PATHS:
+        baseline = statistics.median(r[0] for r in results[(names[0], path)])
+        for name in names:
+            runs = results[(name, path)]
+            rps = statistics.median(r[0] for r in runs)
+            p99 = statistics.median(r[1] for r in runs)
+            errors = sum(r[2] for r in runs)
+            cost = "" if name == names[0] else f"{(1 - rps / baseline) * 100:.1f}%"
+            print(f"| {name:<38} | {path:<9} | {rps:>8.0f} | {p99:>7.2f} | {errors:>6} | {cost} |")
+    print()
+    print("cost: requests/s lost against 'off' on the same path (target: at most 10%)")
+
+
+if __name__ == "__main__":
+    main()
