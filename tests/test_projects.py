@@ -15,7 +15,7 @@ import yaml
 
 from tests.combinations import COVERING_SET, Answers, combination_id
 from tests.postgres import PostgresServer
-from tests.project import free_port, install, render, run, serve, wait_for_http
+from tests.project import free_port, git, install, render, run, serve, wait_for_http
 
 PROJECTS = [
     pytest.param(
@@ -43,6 +43,10 @@ def project(
 ) -> Installed:
     answers: Answers = request.param
     path = render(template, tmp_path_factory.mktemp("project"), answers, tasks=True)
+    # A project lives in git (its CI checks out a commit; pre-commit looks at tracked files).
+    git(path, "init", "--quiet")
+    git(path, "add", "--all")
+    git(path, "commit", "--quiet", "--message", "Generated from the template")
     env: dict[str, str] = {}
     if answers["database"] == "postgresql":
         server: PostgresServer = request.getfixturevalue("postgres_server")
