@@ -92,10 +92,16 @@ def install(project: Path, answers: dict[str, Any], **env: str) -> Path:
     return project / ".venv" / "bin"
 
 
+def ci_job(project: Path, name: str) -> dict[str, Any]:
+    """A job of the generated CI workflow."""
+    workflow = yaml.safe_load((project / ".github" / "workflows" / "ci.yml").read_text())
+    job: dict[str, Any] = workflow["jobs"][name]
+    return job
+
+
 def ci_check_steps(project: Path) -> list[dict[str, Any]]:
     """The shell steps of the generated CI workflow's check job, in order."""
-    workflow = yaml.safe_load((project / ".github" / "workflows" / "ci.yml").read_text())
-    return [step for step in workflow["jobs"]["check"]["steps"] if "run" in step]
+    return [step for step in ci_job(project, "check")["steps"] if "run" in step]
 
 
 def free_port() -> int:

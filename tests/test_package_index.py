@@ -39,7 +39,7 @@ CREDENTIAL_VARIABLES = {
 # Any of these in a file means it configures a package index.
 INDEX_MARKERS = re.compile(
     r"tool\.uv\.index|tool\.poetry\.source|(?<![\w-])--index-url|PIP_INDEX_URL|UV_INDEX_"
-    r"|POETRY_HTTP_BASIC_|index_credentials|INDEX_CREDENTIALS|## Package index"
+    r"|POETRY_HTTP_BASIC_|index_credentials|INDEX_CREDENTIALS|## Package index|type: python-index"
 )
 
 
@@ -280,7 +280,9 @@ def test_default_output_configures_no_package_index(
         for path in private.rglob("*")
         if path.is_file() and INDEX_MARKERS.search(path.read_text())
     }
-    expected = {"Dockerfile", "compose.yaml", "README.md", ".github/workflows/ci.yml"}
+    expected = {"Dockerfile", "compose.yaml", "README.md", ".github/dependabot.yml"} | {
+        f".github/workflows/{name}.yml" for name in ("ci", "release", "template-update")
+    }
     assert configured == expected | ({"pyproject.toml"} if tool != "pip" else set())
 
 

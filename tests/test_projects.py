@@ -7,13 +7,28 @@ ruff, mypy strict) and answer `/health` over HTTP as a real Uvicorn server.
 """
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from tests import docker
 from tests.combinations import COVERING_SET, Answers, combination_id
 from tests.postgres import PostgresServer
-from tests.project import ci_check_steps, free_port, install, render, run, serve, wait_for_http
+from tests.project import (
+    ci_check_steps,
+    ci_job,
+    free_port,
+    git,
+    install,
+    render,
+    run,
+    serve,
+    tool_env,
+    wait_for_http,
+)
+from tests.test_docker import free_subnet
 
 PROJECTS = [
     pytest.param(
@@ -39,8 +54,13 @@ def project(
     template: Path,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Installed:
-    answers: Answers = request.param
+    # A slug of its own: the compose job's image and stack must not meet another test's.
+    answers: Answers = {**request.param, "project_slug": docker.unique_name("t")}
     path = render(template, tmp_path_factory.mktemp("project"), answers, tasks=True)
+    # A project lives in git (its CI checks out a commit; pre-commit looks at tracked files).
+    git(path, "init", "--quiet")
+    git(path, "add", "--all")
+    git(path, "commit", "--quiet", "--message", "Generated from the template")
     env: dict[str, str] = {}
     if answers["database"] == "postgresql":
         server: PostgresServer = request.getfixturevalue("postgres_server")
@@ -104,3 +124,89 @@ def test_server_answers_health_over_http(project: Installed) -> None:
         assert wait_for_http(f"http://127.0.0.1:{port}/health", timeout=60, process=server) == 200
         if answers["database"] != "none":
             assert wait_for_http(f"http://127.0.0.1:{port}/ready", process=server) == 200
+
+
+@pytest.mark.docker
+def test_ci_compose_job_passes_step_by_step(project: Installed, tmp_path: Path) -> None:
+    """The compose job's commands, as the workflow lists them, in a fresh checkout of the
+    project: the stack comes up healthy and answers through the port it publishes (the
+    proxy's, where there is one); `down -v` runs whatever happened, failure() steps only on
+    failure. Only the names the engine shares get values of their own here: the compose
+    project, the published port and the proxy's subnet."""
+    docker.require_engine()
+    job = ci_job(project.path, "compose")
+    checkout = tmp_path / "checkout"
+    git(tmp_path, "clone", "--quiet", str(project.path), str(checkout))
+    env = {
+        **docker.DOCKER_ENV,
+        **job.get("env", {}),
+        "COMPOSE_PROJECT_NAME": docker.unique_name("tt-ci"),
+        "APP_PORT": str(free_port()),
+    }
+    if project.answers["reverse_proxy"] in ("traefik", "nginx"):
+        env["EDGE_SUBNET"] = free_subnet()
+
+    def run_step(step: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+        step_env = {
+            name: "" if "${{" in value else value for name, value in step.get("env", {}).items()
+        }
+        return subprocess.run(
+            ["bash", "-ec", step["run"]],
+            cwd=checkout,
+            env=tool_env(**{**env, **step_env}),
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+
+    shell_steps = [step for step in job["steps"] if "run" in step]
+    failed: list[str] = []
+    try:
+        for step in shell_steps:
+            if "if" in step:
+                continue
+            result = run_step(step)
+            if result.returncode != 0:
+                failed.append(f"{step['run']}\n{result.stdout[-3000:]}{result.stderr[-3000:]}")
+                break
+    finally:
+        for step in shell_steps:
+            if step.get("if") == "always()" or (failed and step.get("if") == "failure()"):
+                result = run_step(step)
+                if failed:
+                    failed.append(f"{step['run']}\n{result.stdout[-6000:]}")
+        docker.docker("rmi", "-f", f"{project.answers['project_slug']}:latest", check=False)
+    assert not failed, "\n".join(failed)
+    assert any("/health" in step["run"] for step in shell_steps)
+
+
+CONFLICTED = "<<<<<<< before updating\nours\n=======\ntheirs\n>>>>>>> after updating\n"
+
+
+def test_pre_commit_passes_offline_and_refuses_conflict_markers(
+    project: Installed, tmp_path: Path
+) -> None:
+    """The hooks use the installed tools: nothing to download (uv offline, no hook repository
+    fetched), and a tracked file holding conflict markers fails the run."""
+    pre_commit = [str(Path(sys.executable).parent / "pre-commit"), "run", "--all-files"]
+    home = tmp_path / "pre-commit-home"
+    env = {
+        **project.env,
+        "PATH": f"{project.bin}{os.pathsep}{os.environ['PATH']}",
+        "PRE_COMMIT_HOME": str(home),
+        "UV_OFFLINE": "1",
+    }
+    run(pre_commit, project.path, **env)
+    assert not [path for path in home.iterdir() if path.is_dir()], "a hook was downloaded"
+
+    marked = project.path / "conflicted.md"
+    marked.write_text(CONFLICTED)
+    git(project.path, "add", marked.name)
+    try:
+        result = subprocess.run(
+            pre_commit, cwd=project.path, env=tool_env(**env), capture_output=True, text=True
+        )
+    finally:
+        git(project.path, "rm", "--quiet", "--force", marked.name)
+    assert result.returncode == 1, result.stdout
+    assert "conflicted.md: conflict" in result.stdout

@@ -1,0 +1,145 @@
+"""The generated repository's automation (.github/, pre-commit), checked statically.
+
+Per family of the answers that change .github/ (tests/github.py): zizmor finds nothing of
+medium severity or above, and every workflow and the Dependabot file match their JSON schemas.
+Then what the linters cannot see: actions pinned to commits, the package index's credentials
+reaching only the steps that install, Dependabot watching the tool the project uses, releases
+publishing an image with SBOM and provenance. The workflows' commands run for real in
+tests/test_projects.py and tests/test_template_update.py.
+"""
+
+import re
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.combinations import Answers
+from tests.github import FAMILIES, schema_findings, zizmor_findings
+from tests.project import render
+
+pytestmark = pytest.mark.xdist_group("github")
+
+PINNED = re.compile(r"^[\w.-]+/[\w./-]+@[0-9a-f]{40} # v\d+\.\d+\.\d+$")
+
+
+def _render(job: tuple[Path, Path, Answers]) -> None:
+    render(*job)
+
+
+@pytest.fixture(scope="module")
+def families(template: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """One rendered project per family (tasks skipped)."""
+    root = tmp_path_factory.mktemp("families")
+    jobs = [(template, root / name, answers) for name, answers in FAMILIES.items()]
+    with ProcessPoolExecutor(max_workers=2) as pool:
+        list(pool.map(_render, jobs))
+    return {name: root / name for name in FAMILIES}
+
+
+@pytest.fixture(scope="module")
+def findings(families: dict[str, Path]) -> dict[Path, list[str]]:
+    projects = list(families.values())
+    zizmor, schemas = zizmor_findings(projects), schema_findings(projects)
+    return {project: zizmor[project] + schemas[project] for project in projects}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_workflows_pass_zizmor_and_their_schemas(
+    family: str, families: dict[str, Path], findings: dict[Path, list[str]]
+) -> None:
+    project = families[family]
+    assert {path.name for path in (project / ".github/workflows").iterdir()} == {
+        "ci.yml",
+        "release.yml",
+        "template-update.yml",
+    }
+    assert findings[project] == []
+
+
+def workflows(project: Path) -> dict[str, dict[str, Any]]:
+    return {
+        path.name: yaml.safe_load(path.read_text())
+        for path in (project / ".github/workflows").glob("*.yml")
+    }
+
+
+def steps(workflow: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    return [(job, step) for job, spec in workflow["jobs"].items() for step in spec["steps"]]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_only_the_top_level_grants_and_actions_pin_commits(
+    family: str, families: dict[str, Path]
+) -> None:
+    for name, workflow in workflows(families[family]).items():
+        assert workflow["permissions"] == {"contents": "read"}, name
+        text = (families[family] / ".github/workflows" / name).read_text()
+        for action in re.findall(r"uses: (.+)", text):
+            assert PINNED.match(action), f"{name}: {action}"
+        for job, step in steps(workflow):
+            if step.get("uses", "").startswith("actions/checkout@"):
+                assert step["with"]["persist-credentials"] is False, f"{name} {job}"
+    ci = workflows(families[family])["ci.yml"]
+    assert ci["concurrency"]["cancel-in-progress"] is True
+    assert all("timeout-minutes" in job for job in ci["jobs"].values())
+
+
+@pytest.mark.parametrize("family", [name for name in FAMILIES if "-index" in name])
+def test_index_credentials_reach_only_the_steps_that_need_them(
+    family: str, families: dict[str, Path]
+) -> None:
+    """Never through $GITHUB_ENV (every later step and dependency could read them)."""
+    seen = []
+    for name, workflow in workflows(families[family]).items():
+        for job, spec in workflow["jobs"].items():
+            assert "INDEX_CREDENTIALS" not in str(spec.get("env", {})), f"{name} {job}"
+        for job, step in steps(workflow):
+            assert "GITHUB_ENV" not in step.get("run", ""), f"{name} {job}"
+            if "secrets.INDEX_CREDENTIALS" in str(step.get("env", {})):
+                seen.append((name, job, step.get("name") or step.get("uses", "").split("@")[0]))
+    assert sorted(seen) == [
+        ("ci.yml", "check", "Install the locked dependencies"),
+        ("ci.yml", "compose", "Build and start the stack"),
+        ("release.yml", "image", "docker/build-push-action"),
+        ("template-update.yml", "update", "Update from the template, run the checks"),
+    ]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_dependabot_watches_the_tool_the_actions_and_the_images(
+    family: str, families: dict[str, Path]
+) -> None:
+    answers = FAMILIES[family]
+    config = yaml.safe_load((families[family] / ".github/dependabot.yml").read_text())
+    ecosystems = [update["package-ecosystem"] for update in config["updates"]]
+    python = "uv" if answers["dependency_tool"] == "uv" else "pip"
+    compose_images = answers["database"] == "postgresql" or answers["reverse_proxy"] != "none"
+    expected = [python, "github-actions", "docker"] + (["docker-compose"] * compose_images)
+    assert ecosystems == expected
+    for update in config["updates"]:
+        assert update["schedule"]["interval"] == "weekly"
+        assert [group["patterns"] for group in update["groups"].values()] == [["*"]]
+    assert ("registries" in config) == ("package_index" in answers)
+
+
+def test_release_publishes_version_and_commit_tags_with_sbom_and_provenance(
+    families: dict[str, Path],
+) -> None:
+    release = workflows(next(iter(families.values())))["release.yml"]
+    assert release[True]["push"]["tags"] == ["v*.*.*"]  # YAML 1.1 reads `on` as True
+    job = release["jobs"]["image"]
+    assert job["permissions"] == {
+        "contents": "read",
+        "packages": "write",
+        "id-token": "write",
+        "attestations": "write",
+    }
+    by_action = {step["uses"].split("@")[0]: step for _, step in steps(release) if "uses" in step}
+    tags = by_action["docker/metadata-action"]["with"]["tags"].split()
+    assert tags == ["type=semver,pattern={{version}}", "type=sha,format=long"]
+    build = by_action["docker/build-push-action"]["with"]
+    assert (build["push"], build["sbom"], build["provenance"]) == (True, True, "mode=max")
+    assert by_action["actions/attest-build-provenance"]["with"]["push-to-registry"] is True
