@@ -2,9 +2,10 @@
 
 Each stack (a process model and a proxy answer each, metrics on where they matter) comes up
 healthy with every container locked down; its logs, as `docker compose logs` prints them, are
-JSON line by line; a request's id reaches the response, its access line and an application line
-of the same request, and a malformed one is replaced; CORS preflights are allowed or denied by
-CORS_ORIGINS; /metrics stays off the public route; and a real Prometheus server scraping the
+JSON line by line, at LOG_LEVEL; a request's id reaches the response, its access line and an
+application line of the same request, and a malformed one is replaced; CORS preflights are
+allowed or denied by CORS_ORIGINS, and a malformed origin stops the app naming the setting;
+writes outside the allowed paths fail; /metrics stays off the public route; and a real Prometheus server scraping the
 workers stack counts exactly the requests sent, across a killed worker.
 """
 
@@ -260,6 +261,17 @@ def test_cors_preflight_from_an_allowed_origin_succeeds(stack: Stack) -> None:
 def test_cors_preflight_from_another_origin_gets_no_cors_headers(stack: Stack) -> None:
     response = preflight(stack, "https://elsewhere.example.com")
     assert response.headers.get("Access-Control-Allow-Origin") is None
+
+
+def test_a_malformed_cors_origin_stops_the_app_naming_the_setting(stack: Stack) -> None:
+    if stack.key != "workers-direct":
+        pytest.skip("one image suffices: settings are read the same way in every answer")
+    image = f"{stack.answers['project_slug']}:latest"
+    bad = "CORS_ORIGINS=https://app.example.com,app.example.com/"
+    env = ["--env-file", str(stack.project / ".env"), "-e", bad]
+    result = docker("run", "--rm", *env, image, check=False, timeout=300)
+    assert result.returncode != 0
+    assert "CORS_ORIGINS: 'app.example.com/' is not an origin" in result.stdout + result.stderr
 
 
 # --- Lock-down -----------------------------------------------------------------------------
