@@ -71,7 +71,9 @@ def server(root: Path, data: Path) -> Iterator[str]:
                 raise RuntimeError(f"{url} did not answer")
             time.sleep(0.1)
         curl = ["curl", "-sf", "-X", "POST", "-H", "Content-Type: application/json"]
-        subprocess.run([*curl, "-d", '{"name": "one"}', f"{url}/items"], check=True)
+        subprocess.run(
+            [*curl, "-d", '{"name": "one"}', f"{url}/items"], check=True, capture_output=True
+        )
         yield url
     finally:
         process.terminate()

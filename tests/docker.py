@@ -10,7 +10,6 @@ import os
 import random
 import shutil
 import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -108,37 +107,14 @@ def logs(name: str) -> str:
 
 
 @contextlib.contextmanager
-def compose_stack(project: Path, *up_args: str, patience: float = 0) -> Iterator[str]:
-    """`docker compose up --build --wait` under a unique project name; `down -v` afterwards.
-
-    With `patience` (seconds), `up` does not wait; the stack is given that long to turn healthy,
-    a health check that failed while the machine was busy counting for nothing if it passes.
-    """
+def compose_stack(project: Path, *up_args: str) -> Iterator[str]:
+    """`docker compose up --build --wait` under a unique project name; `down -v` afterwards."""
     name = unique_name("tt")
     try:
-        wait = ["--detach"] if patience else ["--wait"]
-        docker("compose", "-p", name, "up", "--build", *wait, *up_args, cwd=project)
-        if patience:
-            wait_until_healthy(name, project, patience)
+        docker("compose", "-p", name, "up", "--build", "--wait", *up_args, cwd=project)
         yield name
     finally:
         docker("compose", "-p", name, "down", "-v", "--remove-orphans", cwd=project, check=False)
-
-
-def wait_until_healthy(name: str, project: Path, timeout: float) -> None:
-    """Until every running container of the compose project with a health check is healthy."""
-    deadline = time.monotonic() + timeout
-    while True:
-        ids = docker("compose", "-p", name, "ps", "-q", cwd=project).stdout.split()
-        health = "{{if .State.Health}}{{.State.Health.Status}}{{end}}"
-        states = docker("inspect", "-f", health, *ids)
-        pending = [state for state in states.stdout.split() if state != "healthy"]
-        if ids and not pending:
-            return
-        if time.monotonic() > deadline:
-            logs = docker("compose", "-p", name, "logs", "--tail", "30", cwd=project, check=False)
-            raise AssertionError(f"{name} not healthy after {timeout} s\n{logs.stdout}")
-        time.sleep(1)
 
 
 def free_subnet() -> str:
