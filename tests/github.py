@@ -68,7 +68,7 @@ def schema_findings(projects: list[Path]) -> dict[Path, list[str]]:
     found: dict[Path, list[str]] = {project: [] for project in projects}
     for pattern, schemas in SCHEMAS.items():
         files = sorted(str(path) for project in projects for path in project.glob(pattern))
-        for schema in schemas:
+        for schema in schemas if files else []:
             result = subprocess.run(
                 [str(BIN / "check-jsonschema"), "--builtin-schema", schema, "-o", "json", *files],
                 capture_output=True,
