@@ -6,15 +6,19 @@ entry for that release runs this at the "after" stage, in the project:
 
     move_file.py ANSWERS_FILE OLD NEW
 
-It merges the project's changes to OLD (from the commit that last recorded an update, where
-OLD was as the template rendered it, to HEAD) into NEW with `git merge-file`. Where both sides
-changed the same lines, NEW gets conflict markers, as copier's own conflicts do.
+It merges the project's changes to OLD into NEW with `git merge-file`. The merge base is OLD as
+the template version the project was on renders it (copier's own Python renders it again, from
+the answers committed at HEAD), so edits made before an earlier update count as the project's
+too. Where both sides changed the same lines, NEW gets conflict markers, as copier's own
+conflicts do, and the summary copier prints names it.
 """
 
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from previous_render import committed, previous_render
 
 USAGE = "usage: move_file.py ANSWERS_FILE OLD NEW"
 
@@ -23,10 +27,12 @@ def git(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["git", *args], capture_output=True, text=True)
 
 
-def committed(revision: str, path: str) -> str | None:
-    """The file as committed in `revision`, or None where it did not exist."""
-    shown = git("show", f"{revision}:./{path}")
-    return shown.stdout if shown.returncode == 0 else None
+def template_render(answers_file: str, path: str) -> str | None:
+    """`path` as rendered by the template version recorded in the committed answers file."""
+    with previous_render(answers_file) as scratch:
+        if scratch is None or not (scratch / path).is_file():
+            return None
+        return (scratch / path).read_text()
 
 
 def main(argv: list[str]) -> int:
@@ -34,10 +40,18 @@ def main(argv: list[str]) -> int:
         print(USAGE, file=sys.stderr)
         return 2
     answers_file, old, new = argv
-    last_update = git("log", "-1", "--format=%H", "HEAD", "--", answers_file).stdout.strip()
-    rendered = committed(last_update, old) if last_update else None
     edited = committed("HEAD", old)
-    if rendered is None or edited is None or rendered == edited or not Path(new).exists():
+    if edited is None or not Path(new).exists():
+        return 0
+    rendered = template_render(answers_file, old)
+    if rendered is None:
+        print(
+            f"{new}: could not tell your edits of {old} from the template's; compare them with"
+            f" `git show HEAD:{old}`.",
+            file=sys.stderr,
+        )
+        return 0
+    if rendered == edited:
         return 0
     with tempfile.TemporaryDirectory() as scratch:
         base, ours = Path(scratch, "base"), Path(scratch, "ours")
@@ -45,7 +59,7 @@ def main(argv: list[str]) -> int:
         ours.write_text(edited)
         merge = git(
             "merge-file",
-            *("-L", "after updating", "-L", "last update", "-L", "before updating"),
+            *("-L", "after updating", "-L", "template before", "-L", "before updating"),
             new,
             str(base),
             str(ours),

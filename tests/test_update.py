@@ -297,9 +297,11 @@ def test_conflicting_edit_is_reported_not_lost(mode: str, releases: Path, tmp_pa
     edit(project / "Dockerfile", "\nUSER ", f"\n{USER_DOCKERFILE_LINE}USER ")
     commit_all(project, "Set the time zone")
 
-    copier(project, "update", "--trust", "--defaults", "--skip-tasks", "--conflict", mode)
+    output = copier(project, "update", "--trust", "--defaults", "--skip-tasks", "--conflict", mode)
 
     dockerfile = (project / "Dockerfile").read_text()
+    assert "The update left 1 conflict(s) to resolve:" in output
+    assert f"  {conflicts(project)[0]}: " in output
     if mode == "inline":
         assert conflicts(project) == ["Dockerfile"]
         assert "<<<<<<< before updating" in dockerfile
@@ -428,8 +430,9 @@ _migrations:
 
 
 def small_template(root: Path) -> Path:
-    """A template using this repository's migration scripts: 1.0.0, then 2.0.0 which renames
-    the choice `red` and moves notes.txt to docs/, changing one of its lines."""
+    """A template using this repository's migration scripts: 1.0.0; 1.1.0, which changes a line
+    of notes.txt; 2.0.0, which renames the choice `red` and moves notes.txt to docs/, changing
+    another of its lines."""
     shutil.copytree(REPO / "hooks", root / "hooks")
     (root / "template").mkdir()
     (root / "template/{{_copier_conf.answers_file}}.jinja").write_text(
@@ -442,6 +445,9 @@ def small_template(root: Path) -> Path:
     git(root, "init", "--quiet")
     commit_all(root, "Release 1.0.0")
     git(root, "tag", "1.0.0")
+    edit(root / "template/notes.txt", "line 5\n", "line 5, from 1.1\n")
+    commit_all(root, "Release 1.1.0")
+    git(root, "tag", "1.1.0")
     (root / "copier.yml").write_text(config.format("crimson, blue") + MIGRATIONS)
     (root / "template/docs").mkdir()
     git(root, "mv", "template/notes.txt", "template/docs/notes.txt")
@@ -502,3 +508,62 @@ def test_package_name_answer_moves_to_project_identifier(template: Path, tmp_pat
     assert recorded["project_identifier"] == "billing"
     assert "POSTGRES_DB=billing\n" in (project / ".env.example").read_text()
     assert conflicts(project) == []
+
+
+def test_moved_file_keeps_edits_made_before_an_earlier_update(tmp_path: Path) -> None:
+    """copy 1.0.0, edit, update to 1.1.0 and commit, edit again, update to 2.0.0 (the move):
+    every edit reaches the moved file, though the first one was committed with an update."""
+    source = small_template(tmp_path / "template")
+    project = tmp_path / "project"
+    copier(tmp_path, "copy", "--defaults", "--vcs-ref", "1.0.0", str(source), str(project))
+    git(project, "init", "--quiet")
+    commit_all(project, "Generated")
+    edit(project / "notes.txt", "line 2\n", "line 2, from the project\n")
+    commit_all(project, "Annotate")
+    copier(project, "update", "--trust", "--defaults", "--vcs-ref", "1.1.0")
+    commit_all(project, "Update to 1.1.0")
+    edit(project / "notes.txt", "line 7\n", "line 7, from the project later\n")
+    commit_all(project, "Annotate again")
+
+    output = copier(project, "update", "--trust", "--defaults")
+
+    moved = (project / "docs/notes.txt").read_text()
+    for line in ["line 2, from the project", "line 5, from 1.1", "line 7, from the project later"]:
+        assert f"{line}\n" in moved, line
+    assert "line 9, from the template\n" in moved
+    assert not (project / "notes.txt").exists()
+    assert "carried over your edits of notes.txt" in output
+    assert conflicts(project) == []  # neither markers nor .rej files
+
+
+def test_changed_answer_never_deletes_a_file_the_project_edited(
+    releases: Path, tmp_path: Path
+) -> None:
+    """Without a database the project has a greetings test; the user extends it, then gives the
+    project PostgreSQL, whose render has no such file: it stays, as a conflict to resolve."""
+    project = copy_project(
+        releases, tmp_path / "service", "--skip-tasks", "--data", "database=none"
+    )
+    test_file = project / "tests/test_greetings.py"
+    own_test = "\n\ndef test_the_front_desk_case() -> None:\n    assert True\n"
+    test_file.write_text(test_file.read_text() + own_test)
+    commit_all(project, "A test of our own")
+
+    output = copier(
+        project,
+        "update",
+        "--trust",
+        "--defaults",
+        "--skip-tasks",
+        "--vcs-ref",
+        OLD,
+        *("--data", "database=postgresql"),
+    )
+
+    kept = test_file.read_text()
+    assert kept.startswith("<<<<<<< before updating\n") and own_test in kept
+    assert "tests/test_greetings.py" in conflicts(project)
+    assert "tests/test_greetings.py: the update deletes it, but you had edited it" in output
+    assert "  tests/test_greetings.py: keep what you want" in output
+    # Files the project never touched go as the new answer says.
+    assert not (project / "app/routes/greetings.py").exists()
