@@ -388,7 +388,7 @@ def test_app_started_before_the_database_waits_then_serves(
 
 
 def start_and_finish(
-    project: Project, env: dict[str, str]
+    project: Project, env: dict[str, str], timeout: float = 120
 ) -> tuple[float, subprocess.CompletedProcess[str]]:
     """Run what the image runs, to its end; how long it took."""
     started = time.monotonic()
@@ -398,7 +398,7 @@ def start_and_finish(
         env=env,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=timeout,
     )
     return time.monotonic() - started, result
 
@@ -487,7 +487,7 @@ def test_prestart_refuses_workers_whose_pools_exceed_max_connections(
     database = own_postgres(max_connections=SMALL_MAX_CONNECTIONS)
     try:
         env = project_env(**database.create_database(), WEB_CONCURRENCY="2")
-        _, result = start_and_finish(project, env)
+        _, result = start_and_finish(project, env, timeout=300)
     finally:
         database.stop()
     assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
@@ -507,7 +507,7 @@ def test_pools_within_max_connections_serve_and_log_the_budget(
         settings = database.create_database()
         env = project_env(**settings, WEB_CONCURRENCY="2", DB_POOL_SIZE="2", DB_MAX_OVERFLOW="1")
         with serving(project, tmp_path / "app.log", env) as server:
-            wait_for_ready(server)
+            wait_for_ready(server, timeout=300)
         budget = "2 worker(s) x (DB_POOL_SIZE 2 + DB_MAX_OVERFLOW 1) = 6 connections"
         assert f"Connection budget: {budget} of {SMALL_LIMIT}" in server.output()
         # Other clients holding 4 leave 5: the same start warns, with the numbers, and serves.
@@ -515,7 +515,7 @@ def test_pools_within_max_connections_serve_and_log_the_budget(
             idle_sessions(database, settings["POSTGRES_DB"], 4),
             serving(project, tmp_path / "tight.log", env) as server,
         ):
-            wait_for_ready(server)
+            wait_for_ready(server, timeout=300)
         warning = next(line for line in server.output().splitlines() if budget in line)
         assert '"level": "WARNING"' in warning and "other clients hold 4" in warning, warning
         assert SMALL_LIMIT in warning
