@@ -10,7 +10,7 @@ import shutil
 import subprocess
 import tempfile
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 PASSWORD = "test-password"
@@ -40,6 +40,8 @@ class PostgresServer:
     bindir: Path
     datadir: Path
     port: int
+    # Server settings given at start (`-c NAME=VALUE`), e.g. a small max_connections.
+    settings: dict[str, str] = field(default_factory=dict)
 
     def start(self) -> None:
         """Create the cluster and start serving."""
@@ -83,7 +85,12 @@ class PostgresServer:
                     "-l",
                     str(self.datadir.parent / "server.log"),
                     "-o",
-                    f"-h 127.0.0.1 -p {self.port} -k {self.datadir.parent}",
+                    " ".join(
+                        [
+                            f"-h 127.0.0.1 -p {self.port} -k {self.datadir.parent}",
+                            *(f"-c {name}={value}" for name, value in self.settings.items()),
+                        ]
+                    ),
                     "-w",
                     "start",
                 ]
@@ -133,8 +140,8 @@ class PostgresServer:
         }
 
 
-def start_server(port: int) -> PostgresServer | None:
-    """Start a server, or return None where no PostgreSQL binaries are installed.
+def start_server(port: int, **settings: str) -> PostgresServer | None:
+    """Start a server (with these server settings), or None where PostgreSQL is not installed.
 
     Its directory is outside pytest's (private) temporary tree so the postgres user can reach it.
     """
@@ -143,6 +150,6 @@ def start_server(port: int) -> PostgresServer | None:
         return None
     workdir = Path(tempfile.mkdtemp(prefix="template-tests-pg-"))
     workdir.chmod(0o755)
-    server = PostgresServer(bindir=bindir, datadir=workdir / "data", port=port)
+    server = PostgresServer(bindir, workdir / "data", port, settings)
     server.start()
     return server

@@ -37,7 +37,6 @@ POSTGRES_MIGRATIONS = {
     "database": "postgresql",
     "migrations": True,
     "process_model": "workers",
-    "workers": 2,
     "layout": "package",
 }
 POSTGRES_CREATE_ALL = {
@@ -57,7 +56,6 @@ SQLITE_CREATE_ALL = {
     "database": "sqlite",
     "migrations": False,
     "process_model": "workers",
-    "workers": 3,
     "layout": "package",
 }
 PROJECTS = {
@@ -192,9 +190,9 @@ def wait_for_ready(server: Server, expected: int = 200, timeout: float = 120) ->
     )
 
 
-def own_postgres(port: int | None = None) -> PostgresServer:
-    """A PostgreSQL of the test's own, for tests that stop or start it."""
-    server = start_server(port or free_port())
+def own_postgres(port: int | None = None, **settings: str) -> PostgresServer:
+    """A PostgreSQL of the test's own, for tests that stop or start it or change its settings."""
+    server = start_server(port or free_port(), **settings)
     if server is None:
         pytest.skip("no PostgreSQL server binaries (apt-get install postgresql)")
     return server
@@ -449,7 +447,7 @@ def test_app_started_before_the_database_waits_then_serves(
 
 
 def start_and_finish(
-    project: Project, env: dict[str, str]
+    project: Project, env: dict[str, str], timeout: float = 120
 ) -> tuple[float, subprocess.CompletedProcess[str]]:
     """Run what the image runs, to its end; how long it took."""
     started = time.monotonic()
@@ -459,7 +457,7 @@ def start_and_finish(
         env=env,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=timeout,
     )
     return time.monotonic() - started, result
 
@@ -546,6 +544,84 @@ def test_placeholder_password_stops_start_up_naming_it(projects: dict[str, Proje
     assert "POSTGRES_PASSWORD is the placeholder 'change-me'" in result.stderr
     assert "Traceback" not in result.stderr
     assert "Waiting for database" not in result.stdout
+
+
+# --- Connection budget ----------------------------------------------------------------------
+
+# PostgreSQL keeps superuser_reserved_connections (3) of max_connections for superusers: 9 left.
+SMALL_MAX_CONNECTIONS = "12"
+SMALL_LIMIT = "max_connections 12 - 3 reserved = 9"
+
+
+@contextlib.contextmanager
+def idle_sessions(server: PostgresServer, database: str, count: int) -> Iterator[None]:
+    """Other clients (other replicas, say) holding `count` connections to the database."""
+    sessions = [
+        subprocess.Popen(
+            [
+                str(server.bindir / "psql"),
+                *("-h", "127.0.0.1", "-p", str(server.port), "-U", "postgres", "-d", database),
+                "-q",
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            env={**tool_env(), "PGPASSWORD": PASSWORD},
+        )
+        for _ in range(count)
+    ]
+    held = f"SELECT count(*) FROM pg_stat_activity WHERE datname = '{database}'"
+    until(lambda: int(server.psql(held)) == count, f"{count} sessions connected")
+    try:
+        yield
+    finally:
+        for session in sessions:
+            assert session.stdin is not None
+            session.stdin.close()
+            session.wait(timeout=10)
+
+
+def test_prestart_refuses_workers_whose_pools_exceed_max_connections(
+    projects: dict[str, Project],
+) -> None:
+    """2 workers x (5 + 10) = 30 connections cannot fit in 9: stop at start, not under load."""
+    project = projects["postgres_migrations"]
+    database = own_postgres(max_connections=SMALL_MAX_CONNECTIONS)
+    try:
+        env = project_env(**database.create_database(), WEB_CONCURRENCY="2")
+        _, result = start_and_finish(project, env, timeout=300)
+    finally:
+        database.stop()
+    assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
+    last = result.stdout.splitlines()[-1]
+    assert '"level": "ERROR"' in last, last
+    assert "2 worker(s) x (DB_POOL_SIZE 5 + DB_MAX_OVERFLOW 10) = 30 connections" in last
+    assert SMALL_LIMIT in last
+    assert "Uvicorn running" not in result.stdout
+
+
+def test_pools_within_max_connections_serve_and_log_the_budget(
+    projects: dict[str, Project], tmp_path: Path
+) -> None:
+    project = projects["postgres_migrations"]
+    database = own_postgres(max_connections=SMALL_MAX_CONNECTIONS)
+    try:
+        settings = database.create_database()
+        env = project_env(**settings, WEB_CONCURRENCY="2", DB_POOL_SIZE="2", DB_MAX_OVERFLOW="1")
+        with serving(project, tmp_path / "app.log", env) as server:
+            wait_for_ready(server, timeout=300)
+        budget = "2 worker(s) x (DB_POOL_SIZE 2 + DB_MAX_OVERFLOW 1) = 6 connections"
+        assert f"Connection budget: {budget} of {SMALL_LIMIT}" in server.output()
+        # Other clients holding 4 leave 5: the same start warns, with the numbers, and serves.
+        with (
+            idle_sessions(database, settings["POSTGRES_DB"], 4),
+            serving(project, tmp_path / "tight.log", env) as server,
+        ):
+            wait_for_ready(server, timeout=300)
+        warning = next(line for line in server.output().splitlines() if budget in line)
+        assert '"level": "WARNING"' in warning and "other clients hold 4" in warning, warning
+        assert SMALL_LIMIT in warning
+    finally:
+        database.stop()
 
 
 # --- Readiness follows the database -------------------------------------------------------

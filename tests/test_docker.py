@@ -57,7 +57,6 @@ IMAGE_ANSWERS: dict[str, Answers] = {
         "layout": "single_file",
         "python_version": "3.12",
         "process_model": "workers",
-        "workers": 2,
         "reverse_proxy": "traefik",
         "database": "none",
     },
@@ -66,7 +65,6 @@ IMAGE_ANSWERS: dict[str, Answers] = {
         "layout": "package",
         "python_version": "3.11",
         "process_model": "workers",
-        "workers": 3,
         "reverse_proxy": "nginx",
         "database": "none",
         "package_index": SIMPLE_INDEX,
@@ -93,7 +91,6 @@ IMAGE_ANSWERS: dict[str, Answers] = {
         "layout": "single_file",
         "python_version": "3.11",
         "process_model": "workers",
-        "workers": 2,
         "database": "sqlite",
         "migrations": True,
     },
@@ -287,7 +284,7 @@ def test_image_serves_health_as_non_root_with_server_as_pid_1(
     uids = next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1:]
     assert "0" not in uids, status
     pid_1 = next(p for p in processes(name) if p.pid == 1)
-    assert "uvicorn" in pid_1.command, "the server replaced any entrypoint script as PID 1"
+    assert "uvicorn" in pid_1.command, "the server runs as PID 1 (in or instead of prestart)"
 
 
 @pytest.mark.docker
@@ -398,29 +395,31 @@ def test_single_mode_runs_exactly_one_server_process(
 
 @pytest.mark.docker
 @DOCKER_GROUP
+@pytest.mark.parametrize("cpus", [1, 2])
 @pytest.mark.parametrize("key", WORKERS)
-def test_workers_mode_runs_the_asked_number_of_workers(
-    key: str, images: dict[str, Built], shared: Callable[[str], str]
+def test_workers_mode_runs_one_worker_per_cpu_of_the_containers_quota(
+    key: str, cpus: int, images: dict[str, Built]
 ) -> None:
-    asked = images[key].answers["workers"]
-    assert len(wait_for_workers(shared(key), asked)) == asked
+    with serving(images[key], "--cpus", str(cpus)) as name:
+        assert len(wait_for_workers(name, cpus)) == cpus
+        assert f"Starting {cpus} workers: CPU quota {cpus} (" in container_logs(name)
 
 
 @pytest.mark.docker
 @DOCKER_GROUP
 @pytest.mark.parametrize("key", WORKERS)
 def test_web_concurrency_overrides_the_worker_count(key: str, images: dict[str, Built]) -> None:
-    asked = images[key].answers["workers"] + 1
-    with serving(images[key], "-e", f"WEB_CONCURRENCY={asked}") as name:
-        assert len(wait_for_workers(name, asked)) == asked
+    with serving(images[key], "--cpus", "1", "-e", "WEB_CONCURRENCY=3") as name:
+        assert len(wait_for_workers(name, 3)) == 3
+        assert "Starting 3 workers, as WEB_CONCURRENCY asks" in container_logs(name)
 
 
 @pytest.mark.docker
 @DOCKER_GROUP
 @pytest.mark.parametrize("key", WORKERS)
 def test_killed_worker_is_replaced(key: str, images: dict[str, Built]) -> None:
-    count = images[key].answers["workers"]
-    with serving(images[key]) as name:
+    count = 2
+    with serving(images[key], "-e", f"WEB_CONCURRENCY={count}") as name:
         before = wait_for_workers(name, count)
         victim = min(before)
         docker("exec", name, "python", "-c", f"import os; os.kill({victim}, 9)")

@@ -5,8 +5,9 @@ healthy with every container locked down; its logs, as `docker compose logs` pri
 JSON line by line, at LOG_LEVEL; a request's id reaches the response, its access line and an
 application line of the same request, and a malformed one is replaced; CORS preflights are
 allowed or denied by CORS_ORIGINS, and a malformed origin stops the app naming the setting;
-writes outside the allowed paths fail; /metrics stays off the public route; and a real Prometheus server scraping the
-workers stack counts exactly the requests sent, across a killed worker.
+writes outside the allowed paths fail; /metrics stays off the public route; and a real
+Prometheus server scraping the workers stack counts exactly the requests sent, across a killed
+worker.
 """
 
 import contextlib

@@ -36,9 +36,6 @@ BAD_ANSWERS = [
     ({"dependency_tool": "pipenv"}, "dependency_tool"),
     ({"layout": "src"}, "layout"),
     ({"process_model": "threads"}, "process_model"),
-    ({"process_model": "workers", "workers": "0"}, "workers"),
-    ({"process_model": "workers", "workers": "65"}, "workers"),
-    ({"process_model": "workers", "workers": "many"}, "'many'"),
     ({"reverse_proxy": "caddy"}, "reverse_proxy"),
     ({"reverse_proxy": "external", "forwarded_allow_ips": "*"}, "forwarded_allow_ips"),
     ({"reverse_proxy": "external", "forwarded_allow_ips": "proxy.local"}, "forwarded_allow_ips"),
@@ -104,14 +101,12 @@ def test_answers_for_hidden_questions_leave_no_trace(template: Path, tmp_path: P
     project = render(
         template,
         tmp_path / "my-api",
-        {"database": "none", "migrations": True, "process_model": "single", "workers": 2},
+        {"database": "none", "migrations": True, "process_model": "single"},
     )
     assert not (project / "alembic.ini").exists()
     assert not (project / "migrations").exists()
     recorded = (project / ".copier-answers.yml").read_text()
     assert "migrations" not in recorded
-    assert "workers" not in recorded
-    assert "WEB_CONCURRENCY" not in (project / "Dockerfile").read_text()
 
 
 # Every value Python's ipaddress.ip_network() takes (as Uvicorn parses FORWARDED_ALLOW_IPS),
