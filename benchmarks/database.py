@@ -185,8 +185,8 @@ def main() -> None:
                 starts.append(
                     (
                         database,
-                        first_200(root, lambda env=current: env, prestart=False),
-                        first_200(root, lambda env=current: env, prestart=True),
+                        first_200(root, functools.partial(dict, current), prestart=False),
+                        first_200(root, functools.partial(dict, current), prestart=True),
                         first_200(root, fresh, prestart=True),
                     )
                 )

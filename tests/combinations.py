@@ -10,7 +10,7 @@ DEPENDENCY_TOOLS = ["uv", "poetry", "pip"]
 LAYOUTS = ["package", "single_file"]
 PROCESS_MODELS = ["single", "workers"]
 REVERSE_PROXIES = ["none", "traefik", "nginx", "external"]
-DATABASES = [
+DATABASES: list[Answers] = [
     {"database": "none"},
     {"database": "sqlite", "migrations": True},
     {"database": "sqlite", "migrations": False},

@@ -134,9 +134,9 @@ def markdown_heading_and_lead(text: str) -> tuple[str, str]:
     assert kinds[heading + 3] == "paragraph_open"
 
     def plain(inline: Any) -> str:
-        return "".join(child.content for child in inline.children if child.type == "text")
+        return "".join(child.content for child in inline.children or [] if child.type == "text")
 
-    inline_kinds = {child.type for child in tokens[heading + 4].children}
+    inline_kinds = {child.type for child in tokens[heading + 4].children or []}
     assert inline_kinds <= {"text"}, inline_kinds  # no link, emphasis or HTML made of it
     return plain(tokens[heading + 1]), plain(tokens[heading + 4])
 

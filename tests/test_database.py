@@ -792,3 +792,31 @@ def test_sqlite_data_survives_a_restart_and_a_new_container(template: Path, tmp_
         stack.compose("up", "--wait")
         assert stack.read_item(item["id"]) == item
         assert not errors_in(stack.compose("logs", "--no-color"))
+
+
+# --- Turning migrations on later ---------------------------------------------------------------
+
+
+def test_turning_migrations_on_adopts_the_tables_the_app_created(
+    projects: dict[str, Project], postgres: dict[str, str], tmp_path: Path
+) -> None:
+    """A project run without migrations has tables its app created at start-up; once it turns
+    migrations on (`copier update --data migrations=true`), the first upgrade takes them as
+    revision 0001 (no `relation "items" already exists`) and keeps their rows."""
+    env = project_env(**postgres)
+    with serving(projects["postgres_create_all"], tmp_path / "before.log", env) as server:
+        wait_for_ready(server)
+        item = post_item(server.url, "kept")
+
+    migrated = projects["postgres_migrations"]  # its code with migrations on, same database
+    alembic = [str(migrated.bin / "alembic")]
+    for command in (["upgrade", "head"], ["current"]):
+        result = subprocess.run(
+            [*alembic, *command], cwd=migrated.root, env=env, capture_output=True, text=True
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+    assert "0001 (head)" in result.stdout
+
+    with serving(migrated, tmp_path / "after.log", env) as server:
+        wait_for_ready(server)
+        assert status(f"{server.url}/items/{item['id']}") == 200

@@ -13,6 +13,8 @@ import pytest
 from tests import docker
 from tests.project import free_port, http_get, render, run, serve, wait_for_http
 
+REPO = Path(__file__).resolve().parent.parent
+
 
 def run_locally_steps(readme: str) -> tuple[list[str], str]:
     """The shell lines of the "Run locally" section, and the command it says starts PostgreSQL."""
@@ -82,3 +84,30 @@ def test_message_after_copy_lists_the_next_commands(template: Path, tmp_path: Pa
     ]:
         assert command in message, command
     assert all(len(line) <= 80 for line in message.splitlines() if str(dest) not in line)
+
+
+MIN_COPIER = re.search(
+    r'^_min_copier_version: "([0-9.]+)"', (REPO / "copier.yml").read_text(), re.MULTILINE
+)
+
+
+def test_copy_works_with_the_oldest_copier_the_template_accepts(
+    template: Path, tmp_path: Path
+) -> None:
+    """copier.yml's `_min_copier_version` is honest: that release, in a throwaway virtualenv,
+    copies the template with its tasks (`.env` written: its `when` needs `_copier_operation`)."""
+    assert MIN_COPIER
+    version = MIN_COPIER.group(1)
+    venv = tmp_path / "venv"
+    run(["uv", "venv", "--quiet", "--python", "3.11", str(venv)], tmp_path)
+    run(
+        ["uv", "pip", "install", "--quiet", "--python", str(venv), f"copier=={version}.*"], tmp_path
+    )
+    dest = tmp_path / "my-api"
+    copy = [str(venv / "bin/copier"), "copy", "--trust", "--defaults"]
+    run(
+        [*copy, "--data", "package_index=http://127.0.0.1:9/simple/", str(template), str(dest)],
+        tmp_path,
+    )
+    assert (dest / ".env").is_file(), "the tasks did not run"
+    assert (dest / "app/main.py").is_file()

@@ -8,6 +8,7 @@ import ipaddress
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -158,3 +159,22 @@ def test_every_question_fits_an_80_column_terminal() -> None:
         lines += [(4, title) for title in question.get("choices", {})]
         too_wide += [f"{name}: {text}" for indent, text in lines if indent + len(text) > 80]
     assert not too_wide, "\n".join(too_wide)
+
+
+# The Python API refuses the same answers (pytest-copie's `copie` drives copier's run_copy, the
+# answers given as user defaults, as a front end that pre-fills its form would).
+FREE_TEXT_BAD_ANSWERS = [case for case in BAD_ANSWERS if case[1] in {"project_name", "author"}]
+
+
+@pytest.mark.parametrize(
+    ("answers", "named"),
+    FREE_TEXT_BAD_ANSWERS,
+    ids=[str(answers) for answers, _ in FREE_TEXT_BAD_ANSWERS],
+)
+def test_bad_free_text_is_refused_through_the_python_api(
+    copie: Any, template: Path, answers: dict[str, str], named: str
+) -> None:
+    result = copie.copy(extra_answers=answers, template_dir=template)
+    assert result.exit_code != 0
+    assert named in str(result.exception)
+    assert result.project_dir is None

@@ -17,6 +17,10 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
+    # A project that turned migrations on later already has the table its app created at
+    # start-up (the same columns): take it as this revision's.
+    if sa.inspect(op.get_bind()).has_table("items"):
+        return
     op.create_table(
         "items",
         sa.Column("id", sa.Integer(), nullable=False),
