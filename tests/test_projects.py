@@ -13,7 +13,16 @@ import pytest
 
 from tests.combinations import COVERING_SET, Answers, combination_id
 from tests.postgres import PostgresServer
-from tests.project import ci_check_steps, free_port, install, render, run, serve, wait_for_http
+from tests.project import (
+    ci_check_steps,
+    free_port,
+    install,
+    readme_block,
+    render,
+    run,
+    serve,
+    wait_for_http,
+)
 
 PROJECTS = [
     pytest.param(
@@ -104,3 +113,25 @@ def test_server_answers_health_over_http(project: Installed) -> None:
         assert wait_for_http(f"http://127.0.0.1:{port}/health", timeout=60, process=server) == 200
         if answers["database"] != "none":
             assert wait_for_http(f"http://127.0.0.1:{port}/ready", process=server) == 200
+
+
+def test_readme_run_locally_and_check_commands_work_as_written(project: Installed) -> None:
+    """The README's "Run locally" block, run as one shell script (the dev server last, given a
+    free port), then its "Test and check" block in the same environment."""
+    readme = (project.path / "README.md").read_text()
+    local = readme_block(readme, "Run locally")
+    checks = readme_block(readme, "Test and check")
+    assert "uvicorn" in local[-1]
+    # The project's Python first, as the user who chose it has it.
+    python = f"{project.answers['python_version']}."
+    versions = [v for v in os.environ.get("PYENV_VERSION", "").split(":") if v]
+    env = {
+        **project.env,
+        "PYENV_VERSION": ":".join(sorted(versions, key=lambda v: not v.startswith(python))),
+    }
+    port = free_port()
+    script = "\n".join([*local[:-1], f"exec {local[-1]} --port {port}"])
+    with serve(["bash", "-ec", script], project.path, **env) as server:
+        assert wait_for_http(f"http://127.0.0.1:{port}/health", timeout=600, process=server) == 200
+    activate = [line for line in local if "activate" in line]
+    run(["bash", "-ec", "\n".join([*activate, *checks])], project.path, **env)
