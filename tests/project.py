@@ -104,6 +104,13 @@ def ci_check_steps(project: Path) -> list[dict[str, Any]]:
     return [step for step in ci_job(project, "check")["steps"] if "run" in step]
 
 
+def readme_block(readme: str, section: str) -> list[str]:
+    """The command lines of the first sh block under a `## ` heading of a README."""
+    text = readme[readme.index(f"\n## {section}\n") :]
+    block = text[text.index("```sh\n") + len("```sh\n") :]
+    return block[: block.index("```")].splitlines()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

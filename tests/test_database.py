@@ -29,7 +29,16 @@ import pytest
 
 from tests import docker
 from tests.postgres import PASSWORD, PostgresServer, start_server
-from tests.project import ci_check_steps, free_port, http_get, install, render, stop, tool_env
+from tests.project import (
+    ci_check_steps,
+    free_port,
+    http_get,
+    install,
+    readme_block,
+    render,
+    stop,
+    tool_env,
+)
 
 pytestmark = pytest.mark.xdist_group("database")
 
@@ -775,6 +784,50 @@ def test_compose_migrates_once_before_the_app_and_keeps_data_across_down_and_up(
         assert (migrate["State"], migrate["ExitCode"]) == ("exited", 0)
         assert UPGRADE_LINE not in stack.compose("logs", "--no-color", "migrate")
         assert not errors_in(stack.compose("logs", "--no-color"))
+
+
+@pytest.mark.docker
+@pytest.mark.xdist_group("database-docker")
+def test_readme_container_commands_serve_postgresql_as_written(
+    template: Path, tmp_path: Path
+) -> None:
+    """The README's `docker build` / `docker run --env-file .env` reach the database (`.env`
+    says localhost, which inside a container is the container itself). The test only changes
+    the published host port, and names the container to remove it."""
+    docker.require_engine()
+    stack = Stack(template, tmp_path / "pg", {**POSTGRES_MIGRATIONS, "process_model": "single"})
+    commands = readme_block((stack.root / "README.md").read_text(), "Container")
+    assert commands[0] == f"docker build -t {stack.slug} ."
+    assert commands[-1].startswith("docker run --rm -p 127.0.0.1:8000:8000 --env-file .env")
+    port = free_port()
+    container = docker.unique_name("readme")
+    run_line = (
+        commands[-1]
+        .replace("127.0.0.1:8000:", f"127.0.0.1:{port}:")
+        .replace("docker run ", f"docker run --name {container} ", 1)
+    )
+    env = {**tool_env(), **docker.DOCKER_ENV}
+    try:
+        for command in commands[:-1]:
+            subprocess.run(["bash", "-ec", command], cwd=stack.root, env=env, check=True)
+        with (tmp_path / "run.log").open("wb") as log:
+            process = subprocess.Popen(
+                ["bash", "-ec", run_line], cwd=stack.root, env=env, stdout=log, stderr=log
+            )
+        try:
+            until(
+                lambda: status(f"http://127.0.0.1:{port}/ready") == 200,
+                "the container answers /ready",
+                timeout=180,
+            )
+            assert post_item(f"http://127.0.0.1:{port}", "from the readme")["id"] >= 1
+        finally:
+            docker.docker("stop", container, check=False)
+            process.wait(timeout=60)
+    finally:
+        docker.docker("rm", "-f", container, check=False)
+        docker.docker("compose", "down", "-v", cwd=stack.root, check=False)
+        docker.docker("rmi", "-f", stack.slug, check=False)
 
 
 @pytest.mark.docker

@@ -24,7 +24,7 @@ import yaml
 from tests import docker
 from tests.combinations import SIMPLE_INDEX
 from tests.private_index import PrivateIndex, private_index
-from tests.project import git, install, render, run, tool_env, wait_for_http
+from tests.project import free_port, git, install, render, run, tool_env, wait_for_http
 
 COPIER = Path(sys.executable).parent / "copier"
 TOOLS = ["uv", "poetry", "pip"]
@@ -112,7 +112,7 @@ def image_occurrences(tag: str, needles: list[str], tmp: Path) -> dict[str, set[
 
 
 def render_and_lock(
-    template: Path, project: Path, tool: str, index: PrivateIndex
+    template: Path, project: Path, tool: str, index: PrivateIndex, **extra: str
 ) -> tuple[dict[str, str], dict[str, str]]:
     """Copy the template with its tasks, credentials exported as its README says; return the
     answers and those credentials."""
@@ -122,6 +122,7 @@ def render_and_lock(
         "project_slug": f"index-{tool}-{index.password[-8:]}",
         "python_version": "3.13",
         "database": "none",
+        **extra,
     }
     # Rendered once without tasks for the README, so the credentials are the ones it names.
     readme = copier_copy(template, project, answers, "--skip-tasks")
@@ -202,6 +203,82 @@ def check_compose_build_passes_the_secret(
     finally:
         image = yaml.safe_load((project / "compose.yaml").read_text())["services"]["app"]["image"]
         docker.docker("rmi", "-f", image, check=False)
+
+
+@pytest.mark.docker
+def test_compose_stack_with_migrations_builds_one_image_with_the_index_secret(
+    template: Path, tmp_path: Path
+) -> None:
+    """PostgreSQL, one process per container, migrations: the `migrate` service runs the image
+    the app builds, so `docker compose up --build --wait` builds once, with the secret."""
+    docker.require_engine()
+    with private_index() as index:
+        project = tmp_path / "project"
+        answers, credentials = render_and_lock(
+            template,
+            project,
+            "uv",
+            index,
+            database="postgresql",
+            migrations="true",
+            process_model="single",
+        )
+        config = yaml.safe_load((project / "compose.yaml").read_text())["services"]
+        assert [name for name, service in config.items() if "build" in service] == ["app"]
+        assert config["migrate"]["image"] == config["app"]["image"]
+
+        # The index listens on this machine's loopback: every build runs on the host network.
+        override = tmp_path / "host-network.yaml"
+        override.write_text(
+            yaml.safe_dump(
+                {
+                    "services": {
+                        name: {"build": {"network": "host"}}
+                        for name, service in config.items()
+                        if "build" in service
+                    }
+                }
+            )
+        )
+        port = free_port()
+        with (project / ".env").open("a") as env:
+            env.write(f"APP_PORT={port}\n")
+        lines = "".join(f"{name}={value}\n" for name, value in credentials.items())
+        name = docker.unique_name("tt")
+        compose = ["docker", "compose", "-p", name, "-f", "compose.yaml", "-f", str(override)]
+        env = {**os.environ, **docker.DOCKER_ENV, "INDEX_CREDENTIALS": lines}
+        before = len(index.requests)
+        try:
+            result = subprocess.run(
+                [*compose, "up", "--build", "--wait"],
+                cwd=project,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=900,
+            )
+            assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-4000:]
+            assert index.authorized_since(before), "compose never passed the secret"
+            assert not any(
+                path for path, authorized in index.requests[before:] if not authorized
+            ), "a build reached the index without the credentials"
+            assert wait_for_http(f"http://127.0.0.1:{port}/ready", timeout=60) == 200
+            migrate = subprocess.run(
+                [*compose, "ps", "-a", "--format", "{{.State}} {{.ExitCode}}", "migrate"],
+                cwd=project,
+                env=env,
+                capture_output=True,
+                text=True,
+            )
+            assert migrate.stdout.split() == ["exited", "0"]
+        finally:
+            subprocess.run(
+                [*compose, "down", "-v", "--remove-orphans"],
+                cwd=project,
+                env=env,
+                capture_output=True,
+            )
+            docker.docker("rmi", "-f", f"{answers['project_slug']}:latest", check=False)
 
 
 # One test per tool keeps its locked project to itself, whichever worker runs it.

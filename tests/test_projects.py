@@ -23,6 +23,7 @@ from tests.project import (
     free_port,
     git,
     install,
+    readme_block,
     render,
     run,
     serve,
@@ -211,3 +212,25 @@ def test_pre_commit_passes_offline_and_refuses_conflict_markers(
         git(project.path, "rm", "--quiet", "--force", marked.name)
     assert result.returncode == 1, result.stdout
     assert "conflicted.md: conflict" in result.stdout
+
+
+def test_readme_run_locally_and_check_commands_work_as_written(project: Installed) -> None:
+    """The README's "Run locally" block, run as one shell script (the dev server last, given a
+    free port), then its "Test and check" block in the same environment."""
+    readme = (project.path / "README.md").read_text()
+    local = readme_block(readme, "Run locally")
+    checks = readme_block(readme, "Test and check")
+    assert "uvicorn" in local[-1]
+    # The project's Python first, as the user who chose it has it.
+    python = f"{project.answers['python_version']}."
+    versions = [v for v in os.environ.get("PYENV_VERSION", "").split(":") if v]
+    env = {
+        **project.env,
+        "PYENV_VERSION": ":".join(sorted(versions, key=lambda v: not v.startswith(python))),
+    }
+    port = free_port()
+    script = "\n".join([*local[:-1], f"exec {local[-1]} --port {port}"])
+    with serve(["bash", "-ec", script], project.path, **env) as server:
+        assert wait_for_http(f"http://127.0.0.1:{port}/health", timeout=600, process=server) == 200
+    activate = [line for line in local if "activate" in line]
+    run(["bash", "-ec", "\n".join([*activate, *checks])], project.path, **env)
