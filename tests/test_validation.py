@@ -29,6 +29,7 @@ BAD_ANSWERS = [
     ({"reverse_proxy": "external", "forwarded_allow_ips": "*"}, "forwarded_allow_ips"),
     ({"reverse_proxy": "external", "forwarded_allow_ips": "proxy.local"}, "forwarded_allow_ips"),
     ({"database": "mysql"}, "database"),
+    ({"metrics": "statsd"}, "metrics"),
     ({"package_index": "https://user:secret@pypi.example.com/simple/"}, "package_index"),
     ({"package_index": "http://pypi.example.com/simple/"}, "package_index"),
     ({"package_index": "https://pypi.example.com/packages/"}, "package_index"),
