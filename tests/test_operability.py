@@ -5,8 +5,9 @@ healthy with every container locked down; its logs, as `docker compose logs` pri
 JSON line by line, at LOG_LEVEL; a request's id reaches the response, its access line and an
 application line of the same request, and a malformed one is replaced; CORS preflights are
 allowed or denied by CORS_ORIGINS, and a malformed origin stops the app naming the setting;
-writes outside the allowed paths fail; /metrics stays off the public route; and a real Prometheus server scraping the
-workers stack counts exactly the requests sent, across a killed worker.
+writes outside the allowed paths fail; /metrics stays off the public route; and a real
+Prometheus server scraping the workers stack counts exactly the requests sent, across a worker
+killed and replaced.
 """
 
 import contextlib
@@ -277,7 +278,8 @@ def test_a_malformed_cors_origin_stops_the_app_naming_the_setting(stack: Stack) 
 # --- Lock-down -----------------------------------------------------------------------------
 
 
-def test_every_container_is_locked_down_and_healthy(stack: Stack) -> None:
+def test_every_container_is_locked_down(stack: Stack) -> None:
+    """(The stack came up healthy: `compose up --wait` waited for it.)"""
     for service in stack.services():
         state = json.loads(docker("inspect", stack.container(service)).stdout)[0]
         host = state["HostConfig"]
@@ -287,8 +289,6 @@ def test_every_container_is_locked_down_and_healthy(stack: Stack) -> None:
         assert host["PidsLimit"] and host["PidsLimit"] > 0, service
         assert host["Memory"] > 0, service
         assert state["State"]["Running"], service
-        if "Health" in state["State"]:
-            assert state["State"]["Health"]["Status"] == "healthy", service
 
 
 WRITE = """
@@ -394,6 +394,11 @@ def test_prometheus_scrapes_exactly_the_requests_sent_across_a_killed_worker(
             assert http_get(stack.url(f"/items/{number + 1000}"))[0] == 404
         killed = stack.compose("exec", "-T", "app", "python", "-c", KILL_ONE_WORKER).stdout
         assert killed.strip(), "a worker was killed"
+        replaced = f"Child process [{killed.strip()}] died"
+        deadline = time.monotonic() + 180
+        while not any(replaced in line for line in stack.log_lines()):
+            assert time.monotonic() < deadline, "the supervisor did not replace the worker"
+            time.sleep(1)
         for number in range(requests // 2, requests):
             status = 0
             deadline = time.monotonic() + 60
@@ -405,4 +410,3 @@ def test_prometheus_scrapes_exactly_the_requests_sent_across_a_killed_worker(
         while (total := scraped_total(server, query)) != requests:
             assert time.monotonic() < deadline, f"Prometheus holds {total}, not {requests}"
             time.sleep(0.5)
-    assert "Child process" in " ".join(stack.log_lines()), "the supervisor replaced the worker"
