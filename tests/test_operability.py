@@ -6,8 +6,8 @@ JSON line by line, at LOG_LEVEL; a request's id reaches the response, its access
 application line of the same request, and a malformed one is replaced; CORS preflights are
 allowed or denied by CORS_ORIGINS, and a malformed origin stops the app naming the setting;
 writes outside the allowed paths fail; /metrics stays off the public route; and a real
-Prometheus server scraping the workers stack counts exactly the requests sent, across a killed
-worker.
+Prometheus server scraping the workers stack counts exactly the requests sent, across a worker
+killed and replaced.
 """
 
 import contextlib
@@ -278,7 +278,8 @@ def test_a_malformed_cors_origin_stops_the_app_naming_the_setting(stack: Stack) 
 # --- Lock-down -----------------------------------------------------------------------------
 
 
-def test_every_container_is_locked_down_and_healthy(stack: Stack) -> None:
+def test_every_container_is_locked_down(stack: Stack) -> None:
+    """(The stack came up healthy: `compose up --wait` waited for it.)"""
     for service in stack.services():
         state = json.loads(docker("inspect", stack.container(service)).stdout)[0]
         host = state["HostConfig"]
@@ -288,8 +289,6 @@ def test_every_container_is_locked_down_and_healthy(stack: Stack) -> None:
         assert host["PidsLimit"] and host["PidsLimit"] > 0, service
         assert host["Memory"] > 0, service
         assert state["State"]["Running"], service
-        if "Health" in state["State"]:
-            assert state["State"]["Health"]["Status"] == "healthy", service
 
 
 WRITE = """
@@ -392,18 +391,18 @@ def test_prometheus_scrapes_exactly_the_requests_sent_across_a_killed_worker(
     query = 'sum(http_requests_total{route="/items/{item_id}"})'
     with prometheus(f"127.0.0.1:{stack.port}", tmp_path) as server:
         for number in range(requests // 2):
-            assert http_get(stack.url(f"/items/{number + 1000}"))[0] == 404
+            assert http_get(stack.url(f"/items/{number + 1000}"), timeout=120)[0] == 404
         killed = stack.compose("exec", "-T", "app", "python", "-c", KILL_ONE_WORKER).stdout
         assert killed.strip(), "a worker was killed"
+        replaced = f"Child process [{killed.strip()}] died"
+        deadline = time.monotonic() + 180
+        while not any(replaced in line for line in stack.log_lines()):
+            assert time.monotonic() < deadline, "the supervisor did not replace the worker"
+            time.sleep(1)
+        # A request the client gave up on may still be counted: wait long rather than retry.
         for number in range(requests // 2, requests):
-            status = 0
-            deadline = time.monotonic() + 60
-            while status != 404:
-                assert time.monotonic() < deadline, "the app stopped answering"
-                with contextlib.suppress(OSError):
-                    status = http_get(stack.url(f"/items/{number + 1000}"))[0]
+            assert http_get(stack.url(f"/items/{number + 1000}"), timeout=120)[0] == 404
         deadline = time.monotonic() + 30
         while (total := scraped_total(server, query)) != requests:
             assert time.monotonic() < deadline, f"Prometheus holds {total}, not {requests}"
             time.sleep(0.5)
-    assert "Child process" in " ".join(stack.log_lines()), "the supervisor replaced the worker"

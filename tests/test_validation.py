@@ -56,6 +56,7 @@ BAD_ANSWERS = [
     ({"reverse_proxy": "external", "forwarded_allow_ips": "1::2::3"}, "forwarded_allow_ips"),
     ({"reverse_proxy": "external", "forwarded_allow_ips": "010.0.0.1"}, "forwarded_allow_ips"),
     ({"database": "mysql"}, "database"),
+    ({"metrics": "statsd"}, "metrics"),
     ({"package_index": "https://user:secret@pypi.example.com/simple/"}, "package_index"),
     ({"package_index": "http://pypi.example.com/simple/"}, "package_index"),
     ({"package_index": "https://pypi.example.com/packages/"}, "package_index"),
