@@ -112,12 +112,12 @@ def test_ci_check_job_passes_step_by_step(project: Installed, tmp_path: Path) ->
 
 
 def test_server_answers_health_over_http(project: Installed) -> None:
-    """Started as the container starts it (prestart first when there is a database)."""
+    """Started as the container starts it (prestart first, for a database or workers)."""
     answers = project.answers
     port = free_port()
     module = "app.main:app" if answers["layout"] == "package" else "main:app"
     command = [str(project.bin / "uvicorn"), module, "--host", "127.0.0.1", "--port", str(port)]
-    if answers["database"] != "none":
+    if answers["database"] != "none" or answers["process_model"] == "workers":
         command = [str(project.bin / "python"), "prestart.py", *command]
     env = dict(project.env)
     if answers["process_model"] == "workers":
