@@ -94,6 +94,9 @@ def test_script_brings_the_release_onto_a_branch_and_its_checks_pass(
 def test_script_lists_a_conflict_and_fails(releases: Path, tmp_path: Path) -> None:  # noqa: F811
     project = copy_project(releases, tmp_path / "service", "--skip-tasks")
     edit(project / "Dockerfile", "\nUSER ", f"\n{USER_DOCKERFILE_LINE}USER ")
+    branch = git(project, "branch", "--show-current")
+    assert run_script(project).returncode == 2  # copier updates a clean tree only
+    assert git(project, "branch", "--show-current") == branch
     commit_all(project, "Set the time zone")
 
     result = run_script(project)
