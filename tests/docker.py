@@ -6,7 +6,9 @@ parallel (and several checkouts share one engine) without stepping on each other
 
 import contextlib
 import functools
+import ipaddress
 import os
+import random
 import shutil
 import subprocess
 import uuid
@@ -110,3 +112,18 @@ def compose_stack(project: Path, *up_args: str) -> Iterator[str]:
         yield name
     finally:
         docker("compose", "-p", name, "down", "-v", "--remove-orphans", cwd=project, check=False)
+
+
+def free_subnet() -> str:
+    """A /24 that overlaps no Docker network: for a test network whose containers need fixed
+    addresses. Taken from 10.213.0.0/16, a range Docker's default pools never hand out."""
+    networks = docker("network", "ls", "-q").stdout.split()
+    used = docker(
+        "network", "inspect", "-f", "{{range .IPAM.Config}}{{.Subnet}} {{end}}", *networks
+    )
+    taken = [ipaddress.ip_network(subnet) for subnet in used.stdout.split()]
+    for third in random.sample(range(256), 256):
+        subnet = ipaddress.ip_network(f"10.213.{third}.0/24")
+        if not any(subnet.overlaps(other) for other in taken):
+            return str(subnet)
+    raise AssertionError("no free subnet in 10.213.0.0/16")
