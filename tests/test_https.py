@@ -9,6 +9,7 @@ against the CA of the test and the hostname.
 
 import contextlib
 import json
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ import yaml
 from tests.combinations import Answers
 from tests.docker import docker, free_subnet, require_engine, unique_name
 from tests.project import free_port, render
-from tests.tls import Answer, TestCA, http_get_as, https_get
+from tests.tls import Answer, TestCA, http_get_as, https_connection, https_get
 
 DOCKER_GROUP = pytest.mark.xdist_group("docker")
 DOMAIN = "api.example.test"
@@ -232,6 +233,71 @@ def test_nginx_finds_a_recreated_app_without_a_restart(
         assert docker("inspect", "-f", "{{.State.StartedAt}}", proxy).stdout == started
         health = docker("inspect", "-f", "{{json .State.Health}}", proxy).stdout
         assert json.loads(health)["Status"] == "healthy", health
+
+
+@pytest.mark.docker
+@DOCKER_GROUP
+def test_nginx_serves_the_given_certificate_and_a_reload_keeps_requests_in_flight(
+    template: Path, tmp_path: Path, test_ca: TestCA
+) -> None:
+    require_engine()
+    stack = nginx_stack(template, tmp_path / "project", test_ca)
+    set_env(stack.project, ROOT_PATH="/api")
+    with running(stack, "/api/health"):
+        first = stack.get("/api/health")
+        assert first.status == 200
+        assert_https_edge(stack, first)
+        assert_behind_the_prefix(stack)
+        # From any address but the proxy's (here the app's own loopback) the headers are ignored.
+        direct = stack.compose("exec", "-T", "app", "python", "-c", ASK_WHOAMI).stdout
+        assert json.loads(direct)["client"] == "127.0.0.1"
+        assert json.loads(direct)["scheme"] == "http"
+
+        # A renewed certificate: swap the files, reload; the request in flight completes.
+        connection = https_connection(stack.https_port, stack.domain, stack.trust)
+        connection.request("GET", "/api/slow", headers={"Host": stack.domain})
+        response = connection.getresponse()
+        assert response.readline() == b"started\n"
+        rest: list[bytes] = []
+        reader = threading.Thread(target=lambda: rest.append(response.read()))
+        reader.start()
+        test_ca.issue(stack.domain).write(stack.project / "certs")
+        stack.compose("exec", "-T", "proxy", "nginx", "-s", "reload")
+        reader.join(timeout=15)
+        connection.close()
+        assert rest == [b"done\n"], stack.logs()
+        deadline = time.monotonic() + 15
+        while stack.get("/api/health").cert.serial_number == first.cert.serial_number:
+            assert time.monotonic() < deadline, "the new certificate is not served"
+            time.sleep(0.5)
+
+
+@pytest.mark.docker
+@DOCKER_GROUP
+def test_nginx_without_its_certificate_stops_naming_the_path(
+    template: Path, tmp_path: Path, test_ca: TestCA
+) -> None:
+    require_engine()
+    stack = render_stack(template, tmp_path / "project", "nginx", test_ca.pem)
+    try:
+        # No TLS_DIR: compose refuses to start the proxy and names the path.
+        missing_dir = stack.compose("up", "--detach", "--no-deps", "proxy", check=False)
+        assert missing_dir.returncode != 0
+        assert str(stack.project / "certs") in missing_dir.stderr, missing_dir.stderr
+        # The directory without the files: nginx exits (and is restarted) naming the file.
+        (stack.project / "certs").mkdir()
+        stack.compose("up", "--detach", "--no-deps", "proxy")
+        proxy = stack.container("proxy")
+        deadline = time.monotonic() + 30
+        while "fullchain.pem" not in (logs := docker("logs", proxy).stderr):
+            assert time.monotonic() < deadline, logs
+            time.sleep(0.5)
+        assert 'cannot load certificate "/etc/nginx/tls/fullchain.pem"' in logs, logs
+        assert docker("inspect", "-f", "{{.RestartCount}}", proxy).stdout.strip() != "0" or (
+            docker("inspect", "-f", "{{.State.Running}}", proxy).stdout.strip() == "false"
+        )
+    finally:
+        stack.compose("down", "-v", "--remove-orphans", check=False)
 
 
 # --- Traefik and Caddy: certificates from pebble, a real ACME CA ------------------------------
