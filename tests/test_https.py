@@ -11,6 +11,7 @@ import contextlib
 import json
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,7 @@ import yaml
 
 from tests.combinations import Answers
 from tests.docker import docker, free_subnet, require_engine, unique_name
-from tests.project import free_port, render
+from tests.project import free_port, render, wait_for_http
 from tests.tls import Answer, TestCA, http_get_as, https_connection, https_get
 
 DOCKER_GROUP = pytest.mark.xdist_group("docker")
@@ -497,3 +498,73 @@ def assert_behind_the_prefix(stack: Stack) -> None:
     assert b"/api/openapi.json" in docs.body
     schema = json.loads(stack.get("/api/openapi.json").body)
     assert schema["servers"] == [{"url": "/api"}]
+
+
+# --- external: the load balancer terminates TLS ---------------------------------------------
+
+AS_THE_LOAD_BALANCER = """
+import json, urllib.request
+headers = {"Host": "api.example.com", "X-Forwarded-Proto": "https"}
+headers["X-Forwarded-For"] = "198.51.100.7"
+request = urllib.request.Request("http://127.0.0.1:8000/whoami", headers=headers)
+print(urllib.request.urlopen(request).read().decode())
+"""
+
+
+@pytest.mark.docker
+@DOCKER_GROUP
+def test_external_proxy_is_trusted_from_forwarded_allow_ips_only(
+    template: Path, tmp_path: Path
+) -> None:
+    """Behind a TLS-terminating load balancer the app builds https:// URLs under ROOT_PATH."""
+    require_engine()
+    slug = unique_name("tt-external")
+    answers = {
+        "project_slug": slug,
+        "reverse_proxy": "external",
+        "forwarded_allow_ips": "127.0.0.1",  # the load balancer, played by the app's loopback
+        "database": "none",
+    }
+    project = render(template, tmp_path / "project", answers, tasks=True)
+    with (project / "app" / "main.py").open("a") as code:
+        code.write(PROBE_ROUTES)
+    port = free_port()
+    set_env(project, APP_PORT=str(port), ROOT_PATH="/api")
+    name = unique_name("tt-https")
+    try:
+        docker("compose", "-p", name, "up", "--build", "--detach", cwd=project)
+        assert wait_for_http(f"http://127.0.0.1:{port}/health", timeout=90) == 200
+        trusted = json.loads(
+            docker(
+                "compose",
+                "-p",
+                name,
+                "exec",
+                "-T",
+                "app",
+                "python",
+                "-c",
+                AS_THE_LOAD_BALANCER,
+                cwd=project,
+            ).stdout
+        )
+        # The same headers from another address (the host, through the published port).
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/whoami",
+            headers={"X-Forwarded-Proto": "https", "X-Forwarded-For": "198.51.100.7"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            untrusted = json.loads(response.read())
+        logs = docker("compose", "-p", name, "logs", "app", cwd=project).stdout
+    finally:
+        docker("compose", "-p", name, "down", "-v", "--remove-orphans", cwd=project, check=False)
+        docker("rmi", "-f", f"{slug}:latest", check=False)
+    assert trusted == {
+        "client": "198.51.100.7",
+        "scheme": "https",
+        "url": "https://api.example.com/api/whoami",
+    }
+    assert untrusted["scheme"] == "http"
+    assert untrusted["client"] != "198.51.100.7"
+    assert untrusted["url"] == f"http://127.0.0.1:{port}/api/whoami"
+    assert any("198.51.100.7" in line and "whoami" in line for line in logs.splitlines()), logs
