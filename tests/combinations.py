@@ -60,6 +60,32 @@ def metrics_combinations() -> list[Answers]:
     ]
 
 
+def tls_combinations() -> list[Answers]:
+    """Each proxy that terminates TLS, for localhost and for a public domain, across the
+    families that change its files (layout; with or without a database): a list of its own,
+    so the full product above does not grow with these answers."""
+    return [
+        {
+            "python_version": "3.13",
+            "dependency_tool": "uv",
+            "layout": layout,
+            "process_model": "single",
+            "reverse_proxy": proxy,
+            "domain": domain,
+            **(
+                {"acme_email": "ops@example.com"}
+                if proxy != "nginx" and domain != "localhost"
+                else {}
+            ),
+            **database,
+        }
+        for proxy in ("traefik", "caddy", "nginx")
+        for domain in ("localhost", "api.example.com")
+        for layout in LAYOUTS
+        for database in (DATABASES[0], DATABASES[3])
+    ]
+
+
 def combination_id(answers: Answers) -> str:
     parts = [str(value) for key, value in answers.items() if key != "package_index"]
     return "-".join(parts)

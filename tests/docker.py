@@ -6,6 +6,7 @@ parallel (and several checkouts share one engine) without stepping on each other
 
 import contextlib
 import functools
+import ipaddress
 import os
 import random
 import shutil
@@ -118,14 +119,15 @@ def compose_stack(project: Path, *up_args: str) -> Iterator[str]:
 
 
 def free_subnet() -> str:
-    """A /24 no Docker network uses, for the edge network of a proxy stack under test."""
+    """A /24 that overlaps no Docker network: for a test network whose containers need fixed
+    addresses. Taken from 10.213.0.0/16, a range Docker's default pools never hand out."""
     networks = docker("network", "ls", "-q").stdout.split()
     used = docker(
         "network", "inspect", "-f", "{{range .IPAM.Config}}{{.Subnet}} {{end}}", *networks
     )
-    taken = set(used.stdout.split())
-    for third in random.sample(range(1, 255), 254):
-        subnet = f"172.29.{third}.0/24"
-        if subnet not in taken:
-            return subnet
-    raise AssertionError("no free subnet in 172.29.0.0/16")
+    taken = [ipaddress.ip_network(subnet) for subnet in used.stdout.split()]
+    for third in random.sample(range(256), 256):
+        subnet = ipaddress.ip_network(f"10.213.{third}.0/24")
+        if not any(subnet.overlaps(other) for other in taken):
+            return str(subnet)
+    raise AssertionError("no free subnet in 10.213.0.0/16")

@@ -37,7 +37,20 @@ BAD_ANSWERS = [
     ({"dependency_tool": "pipenv"}, "dependency_tool"),
     ({"layout": "src"}, "layout"),
     ({"process_model": "threads"}, "process_model"),
-    ({"reverse_proxy": "caddy"}, "reverse_proxy"),
+    ({"reverse_proxy": "haproxy"}, "reverse_proxy"),
+    ({"reverse_proxy": "caddy", "domain": "not a domain"}, "domain"),
+    ({"reverse_proxy": "traefik", "domain": "API.example.com"}, "domain"),
+    ({"reverse_proxy": "nginx", "domain": "-api.example.com"}, "domain"),
+    ({"reverse_proxy": "nginx", "domain": "api.example.com;"}, "domain"),
+    ({"reverse_proxy": "caddy", "domain": "example"}, "domain"),
+    ({"reverse_proxy": "traefik", "domain": "192.0.2.1"}, "domain"),
+    ({"reverse_proxy": "traefik", "domain": f"{'a' * 64}.example.com"}, "domain"),
+    ({"reverse_proxy": "traefik", "domain": "api.example.com"}, "acme_email"),
+    ({"reverse_proxy": "caddy", "domain": "api.example.com", "acme_email": "ops"}, "acme_email"),
+    (
+        {"reverse_proxy": "traefik", "domain": "api.example.com", "acme_email": "a b@example.com"},
+        "acme_email",
+    ),
     ({"reverse_proxy": "external", "forwarded_allow_ips": "*"}, "forwarded_allow_ips"),
     ({"reverse_proxy": "external", "forwarded_allow_ips": "proxy.local"}, "forwarded_allow_ips"),
     ({"reverse_proxy": "external", "forwarded_allow_ips": "0.0.0.0/0"}, "trusts every address"),
@@ -179,3 +192,32 @@ def test_bad_free_text_is_refused_through_the_python_api(
     assert result.exit_code != 0
     assert named in str(result.exception)
     assert result.project_dir is None
+    assert "workers" not in recorded
+    assert "WEB_CONCURRENCY" not in (project / "Dockerfile").read_text()
+
+
+@pytest.mark.parametrize(
+    "answers",
+    [
+        {"reverse_proxy": "nginx", "domain": "api.example.com"},
+        {"reverse_proxy": "caddy", "domain": "localhost"},
+        {"reverse_proxy": "traefik", "domain": "x-1.a.example.co.uk", "acme_email": "o+p@ex.org"},
+    ],
+    ids=str,
+)
+def test_good_domain_answers_are_accepted(
+    template: Path, tmp_path: Path, answers: dict[str, str]
+) -> None:
+    result = copier_copy(template, tmp_path / "my-api", answers)
+    assert result.returncode == 0, result.stderr
+
+
+def test_acme_email_is_asked_only_where_a_ca_needs_it(template: Path, tmp_path: Path) -> None:
+    """nginx has no ACME client, and localhost gets a local certificate: no email either way."""
+    for name, answers in {
+        "nginx": {"reverse_proxy": "nginx", "domain": "api.example.com"},
+        "local": {"reverse_proxy": "caddy", "domain": "localhost"},
+    }.items():
+        project = render(template, tmp_path / name, answers)
+        assert "acme_email" not in (project / ".copier-answers.yml").read_text()
+        assert "ACME_EMAIL" not in (project / ".env.example").read_text()

@@ -1,0 +1,174 @@
+"""Print what HTTPS at the edge costs, per proxy, next to plain HTTP straight to the app.
+
+For Traefik and Caddy (their certificate from pebble, a local ACME CA, through a real challenge)
+and nginx (a certificate made here), each in front of the same generated app (no database, one
+Uvicorn process), in one run: seconds from `docker compose up` (images built) to the first
+verified HTTPS 200 on /health; the median TLS handshake of new connections from this machine;
+requests/s and p99 latency on /health under a bounded wrk load over HTTPS through the proxy and
+over plain HTTP to the app directly, both from a container on the stack's edge network.
+Target: HTTPS through the proxy keeps >= 70% of the direct requests/s.
+
+    uv run python -m benchmarks.https [--seconds 5] [--connections 16]
+"""
+
+import argparse
+import os
+import re
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.docker import docker, engine_problem
+from tests.edge import (
+    Stack,
+    acme_stack,
+    build_tools_image,
+    nginx_stack,
+    pebble_root,
+    wait_for_https,
+)
+from tests.project import snapshot
+from tests.tls import TestCA, verifying_context
+
+REPO = Path(__file__).resolve().parent.parent
+TARGET = 0.70
+HANDSHAKES = 30
+
+
+@dataclass
+class Load:
+    requests_per_second: float
+    p99_ms: float
+
+
+@dataclass
+class Figures:
+    up_to_https_200: float
+    handshake_ms: float
+    https: Load
+    direct: Load
+
+
+def median_handshake_ms(stack: Stack) -> float:
+    context = verifying_context(stack.trust)
+    times = []
+    for _ in range(HANDSHAKES):
+        with socket.create_connection(("127.0.0.1", stack.https_port), timeout=10) as raw:
+            started = time.perf_counter()
+            with context.wrap_socket(raw, server_hostname=stack.domain):
+                times.append(time.perf_counter() - started)
+    return statistics.median(times) * 1000
+
+
+def edge_address(stack: Stack, service: str) -> str:
+    network = f"{stack.name}_edge"
+    template = f'{{{{(index .NetworkSettings.Networks "{network}").IPAddress}}}}'
+    return str(docker("inspect", "-f", template, stack.container(service)).stdout.strip())
+
+
+def wrk(stack: Stack, tools: str, url: str, seconds: int, connections: int) -> Load:
+    """wrk in a container on the edge network; the domain resolves to the proxy there."""
+    output = docker(
+        "run", "--rm", "--network", f"{stack.name}_edge",
+        "--add-host", f"{stack.domain}:{edge_address(stack, 'proxy')}",
+        tools, "wrk", "-t", "2", "-c", str(connections), "-d", f"{seconds}s", "--latency", url,
+    ).stdout  # fmt: skip
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
+    value, unit = re.search(r"\s99%\s+([\d.]+)(us|ms|s)", output).groups()  # type: ignore[union-attr]
+    return Load(rate, float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit])
+
+
+def measure(stack: Stack, ca: TestCA | None, tools: str, seconds: int, connections: int) -> Figures:
+    try:
+        stack.compose("build", "--quiet")
+        started = time.monotonic()
+        stack.compose("up", "--detach")
+        if ca is not None:  # the certificate comes from pebble, whose root is new at each start
+            stack.trust = pebble_root(stack, ca)
+        wait_for_https(stack, "/health", timeout=180, interval=0.05)
+        up = time.monotonic() - started
+        handshake = median_handshake_ms(stack)
+        https = wrk(stack, tools, f"https://{stack.domain}/health", seconds, connections)
+        direct = wrk(stack, tools, "http://app:8000/health", seconds, connections)
+        return Figures(up, handshake, https, direct)
+    finally:
+        stack.compose("down", "-v", "--remove-orphans", check=False)
+        docker("rmi", "-f", f"{stack.slug}:latest", check=False)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--seconds", type=int, default=5, help="wrk duration per run")
+    parser.add_argument("--connections", type=int, default=16, help="wrk connections")
+    args = parser.parse_args()
+    problem = engine_problem()
+    if problem:
+        sys.exit(f"Docker unavailable: {problem}")
+    root = Path(tempfile.mkdtemp(prefix="bench-https-"))
+    template = snapshot(REPO, root / "template")
+    ca = TestCA()
+    (root / "tools").mkdir()
+    tools = build_tools_image(root / "tools")
+    figures: dict[str, Figures] = {}
+    try:
+        for proxy in ("traefik", "caddy", "nginx"):
+            print(f"measuring {proxy} ...", file=sys.stderr, flush=True)
+            dest = root / proxy
+            if proxy == "nginx":
+                stack, issuer = nginx_stack(template, dest, ca), None
+            else:
+                # Certificates for 90 days, as Let's Encrypt's: no renewal during the run.
+                stack = acme_stack(
+                    template, dest, proxy, tools, ca, cert_seconds=90 * 86400, database="none"
+                )
+                issuer = ca
+            figures[proxy] = measure(stack, issuer, tools, args.seconds, args.connections)
+    finally:
+        docker("rmi", "-f", tools, check=False)
+    report(figures, args.seconds, args.connections)
+
+
+def report(figures: dict[str, Figures], seconds: int, connections: int) -> None:
+    print(
+        f"\nGET /health on one Uvicorn process; wrk -t2 -c{connections} -d{seconds}s from a "
+        f"container on the edge network; load average {os.getloadavg()[0]:.1f} on "
+        f"{os.cpu_count()} cores. Target: HTTPS via the proxy >= {TARGET:.0%} of direct req/s.\n"
+    )
+    header = (
+        "proxy",
+        "up to HTTPS 200 s",
+        "TLS handshake ms",
+        "HTTPS req/s",
+        "HTTPS p99 ms",
+        "direct HTTP req/s",
+        "direct p99 ms",
+        "HTTPS / direct",
+        "target",
+    )
+    rows = [header]
+    for proxy, f in figures.items():
+        ratio = f.https.requests_per_second / f.direct.requests_per_second
+        rows.append(
+            (
+                proxy,
+                f"{f.up_to_https_200:.1f}",
+                f"{f.handshake_ms:.1f}",
+                f"{f.https.requests_per_second:.0f}",
+                f"{f.https.p99_ms:.1f}",
+                f"{f.direct.requests_per_second:.0f}",
+                f"{f.direct.p99_ms:.1f}",
+                f"{ratio:.0%}",
+                "met" if ratio >= TARGET else "MISSED",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,327 @@
+"""HTTPS at the edge, proven with real proxies, a real ACME CA and a verifying client.
+
+Traefik and Caddy get their certificate from pebble (Debian's test-only ACME server) through a
+real TLS-ALPN-01 or HTTP-01 challenge: pebble resolves the test domain with pebble-challtestsrv's
+DNS inside a compose network, to the proxy. nginx serves a certificate made by the tests. The
+client connects to 127.0.0.1 only, asks for the domain (SNI and Host), and verifies the chain
+against the CA of the test and the hostname.
+"""
+
+import contextlib
+import json
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.docker import docker, require_engine, unique_name
+from tests.edge import (
+    CERT_SECONDS,
+    PROBE_ROUTES,
+    Stack,
+    acme_stack,
+    build_tools_image,
+    nginx_stack,
+    pebble_root,
+    render_stack,
+    set_env,
+    wait_for_https,
+)
+from tests.project import free_port, render, wait_for_http
+from tests.tls import Answer, TestCA, http_get_as, https_connection
+
+DOCKER_GROUP = pytest.mark.xdist_group("docker")
+SPOOFED = {"X-Forwarded-For": "203.0.113.9", "X-Forwarded-Proto": "http"}
+
+ASK_WHOAMI = f"""
+import urllib.request
+request = urllib.request.Request("http://127.0.0.1:8000/whoami", headers={SPOOFED!r})
+print(urllib.request.urlopen(request).read().decode())
+"""
+
+
+@contextlib.contextmanager
+def running(stack: Stack, ready: str = "/health", timeout: float = 120) -> Iterator[Stack]:
+    """`up --build`, then wait for a verified HTTPS 200; `down -v` and rmi afterwards.
+
+    (Not `--wait`: on a loaded machine the app may be marked unhealthy before it has started,
+    and --wait gives up then; the verified 200 through the proxy is what counts.)
+    """
+    try:
+        stack.compose("up", "--build", "--detach")
+        wait_for_https(stack, ready, timeout)
+        yield stack
+    finally:
+        stack.compose("down", "-v", "--remove-orphans", check=False)
+        docker("rmi", "-f", f"{stack.slug}:latest", check=False)
+
+
+# --- nginx: certificate files the tests make -------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def test_ca() -> TestCA:
+    return TestCA()
+
+
+@pytest.mark.docker
+@DOCKER_GROUP
+def test_two_projects_proxy_stacks_run_side_by_side(
+    template: Path, tmp_path: Path, test_ca: TestCA
+) -> None:
+    """Docker picks each edge subnet: no two generated projects ask for the same one."""
+    require_engine()
+    first = nginx_stack(template, tmp_path / "first", test_ca)
+    second = nginx_stack(template, tmp_path / "second", test_ca)
+    with running(first), running(second):
+        for stack in (first, second):
+            seen = json.loads(stack.get("/whoami", SPOOFED).body)
+            assert seen["client"] not in {"203.0.113.9", *stack.address("proxy").split(), ""}
+            assert seen["scheme"] == "https"
+
+
+@pytest.mark.docker
+@DOCKER_GROUP
+def test_nginx_finds_a_recreated_app_without_a_restart(
+    template: Path, tmp_path: Path, test_ca: TestCA
+) -> None:
+    require_engine()
+    stack = nginx_stack(template, tmp_path / "project", test_ca)
+    with running(stack):
+        proxy = stack.container("proxy")
+        started = docker("inspect", "-f", "{{.State.StartedAt}}", proxy).stdout
+        before = stack.address("app")
+        # Another container takes the freed address, so the new app container gets another.
+        holder = unique_name("tt-holder")
+        stack.compose("rm", "--stop", "--force", "app")
+        network = f"{stack.name}_edge"
+        docker(
+            "run", "-d", "--name", holder, "--network", network, "debian:bookworm", "sleep", "300"
+        )
+        try:
+            stack.compose("up", "--detach", "--no-deps", "app")
+            after = stack.address("app")
+            assert after != before
+            answer = wait_for_https(stack, "/health", timeout=90)
+        finally:
+            docker("rm", "-f", holder, check=False)
+        assert answer.status == 200
+        assert docker("inspect", "-f", "{{.State.StartedAt}}", proxy).stdout == started
+        health = docker("inspect", "-f", "{{json .State.Health}}", proxy).stdout
+        assert json.loads(health)["Status"] == "healthy", health
+
+
+@pytest.mark.docker
+@DOCKER_GROUP
+def test_nginx_serves_the_given_certificate_and_a_reload_keeps_requests_in_flight(
+    template: Path, tmp_path: Path, test_ca: TestCA
+) -> None:
+    require_engine()
+    stack = nginx_stack(template, tmp_path / "project", test_ca)
+    set_env(stack.project, ROOT_PATH="/api")
+    with running(stack, "/api/health"):
+        first = stack.get("/api/health")
+        assert first.status == 200
+        assert_https_edge(stack, first)
+        assert_behind_the_prefix(stack)
+        # From any address but the proxy's (here the app's own loopback) the headers are ignored.
+        direct = stack.compose("exec", "-T", "app", "python", "-c", ASK_WHOAMI).stdout
+        assert json.loads(direct)["client"] == "127.0.0.1"
+        assert json.loads(direct)["scheme"] == "http"
+
+        # A renewed certificate: swap the files, reload; the request in flight completes.
+        connection = https_connection(stack.https_port, stack.domain, stack.trust)
+        connection.request("GET", "/api/slow", headers={"Host": stack.domain})
+        response = connection.getresponse()
+        assert response.readline() == b"started\n"
+        rest: list[bytes] = []
+        reader = threading.Thread(target=lambda: rest.append(response.read()))
+        reader.start()
+        test_ca.issue(stack.domain).write(stack.project / "certs")
+        stack.compose("exec", "-T", "proxy", "nginx", "-s", "reload")
+        reader.join(timeout=15)
+        connection.close()
+        assert rest == [b"done\n"], stack.logs()
+        deadline = time.monotonic() + 15
+        while stack.get("/api/health").cert.serial_number == first.cert.serial_number:
+            assert time.monotonic() < deadline, "the new certificate is not served"
+            time.sleep(0.5)
+
+
+@pytest.mark.docker
+@DOCKER_GROUP
+def test_nginx_without_its_certificate_stops_naming_the_path(
+    template: Path, tmp_path: Path, test_ca: TestCA
+) -> None:
+    require_engine()
+    stack = render_stack(template, tmp_path / "project", "nginx", test_ca.pem)
+    try:
+        # No TLS_DIR: compose refuses to start the proxy and names the path.
+        missing_dir = stack.compose("up", "--detach", "--no-deps", "proxy", check=False)
+        assert missing_dir.returncode != 0
+        assert str(stack.project / "certs") in missing_dir.stderr, missing_dir.stderr
+        # The directory without the files: nginx exits (and is restarted) naming the file.
+        (stack.project / "certs").mkdir()
+        stack.compose("up", "--detach", "--no-deps", "proxy")
+        proxy = stack.container("proxy")
+        deadline = time.monotonic() + 30
+        while "fullchain.pem" not in (logs := docker("logs", proxy).stderr):
+            assert time.monotonic() < deadline, logs
+            time.sleep(0.5)
+        assert 'cannot load certificate "/etc/nginx/tls/fullchain.pem"' in logs, logs
+        assert docker("inspect", "-f", "{{.RestartCount}}", proxy).stdout.strip() != "0" or (
+            docker("inspect", "-f", "{{.State.Running}}", proxy).stdout.strip() == "false"
+        )
+    finally:
+        stack.compose("down", "-v", "--remove-orphans", check=False)
+
+
+# --- Traefik and Caddy: certificates from pebble, a real ACME CA ------------------------------
+
+
+@pytest.fixture(scope="module")
+def pebble_image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Debian's pebble and pebble-challtestsrv in one image, built once per module."""
+    require_engine()
+    tag = build_tools_image(tmp_path_factory.mktemp("pebble"))
+    yield tag
+    docker("rmi", "-f", tag, check=False)
+
+
+@contextlib.contextmanager
+def acme_running(stack: Stack, ca: TestCA, timeout: float = 180) -> Iterator[Stack]:
+    try:
+        stack.compose("up", "--build", "--detach")
+        stack.trust = pebble_root(stack, ca)
+        wait_for_https(stack, "/api/health", timeout)
+        yield stack
+    finally:
+        stack.compose("down", "-v", "--remove-orphans", check=False)
+        docker("rmi", "-f", f"{stack.slug}:latest", check=False)
+
+
+def served_serial(stack: Stack) -> int:
+    return stack.get("/api/health").cert.serial_number
+
+
+@pytest.mark.docker
+@DOCKER_GROUP
+@pytest.mark.parametrize("proxy", ["traefik", "caddy"])
+def test_acme_certificate_is_obtained_served_and_renewed(
+    proxy: str, template: Path, tmp_path: Path, test_ca: TestCA, pebble_image: str
+) -> None:
+    require_engine()
+    stack = acme_stack(template, tmp_path / "project", proxy, pebble_image, test_ca)
+    set_env(stack.project, ROOT_PATH="/api")
+    with acme_running(stack, test_ca):
+        first = stack.get("/api/health")
+        items = stack.get("/api/items")
+        assert (first.status, items.status) == (200, 200), stack.logs()
+        assert json.loads(items.body) == []
+        assert_https_edge(stack, first)
+        assert_behind_the_prefix(stack)
+        # Renewal: the proxy gets a new certificate by itself and serves it, still running.
+        proxy_container = stack.container("proxy")
+        started = docker("inspect", "-f", "{{.State.StartedAt}}", proxy_container).stdout
+        deadline = time.monotonic() + 3 * CERT_SECONDS
+        while served_serial(stack) == first.cert.serial_number:
+            assert time.monotonic() < deadline, f"not renewed\n{stack.logs()}"
+            time.sleep(2)
+        assert docker("inspect", "-f", "{{.State.StartedAt}}", proxy_container).stdout == started
+
+
+def assert_https_edge(stack: Stack, answer: Answer) -> None:
+    """Redirect to HTTPS, HSTS, URLs the app builds, and the client address it sees and logs."""
+    status, headers = http_get_as(stack.http_port, stack.domain, "/api/items?limit=1")
+    assert status in {301, 308}
+    assert headers["Location"] == f"https://{stack.domain}/api/items?limit=1"
+    hsts = answer.headers["Strict-Transport-Security"]
+    assert hsts is not None and hsts.startswith("max-age="), answer.headers
+    seen = json.loads(stack.get("/api/whoami", SPOOFED).body)
+    assert seen["scheme"] == "https"
+    assert seen["url"] == f"https://{stack.domain}/api/whoami"
+    assert seen["client"] not in {"203.0.113.9", "", *stack.address("proxy").split()}, seen
+    logged = [line for line in stack.compose("logs", "app").stdout.splitlines() if "whoami" in line]
+    assert logged and all(seen["client"] in line for line in logged), logged
+    assert "203.0.113.9" not in stack.compose("logs", "app").stdout
+
+
+def assert_behind_the_prefix(stack: Stack) -> None:
+    docs = stack.get("/api/docs")
+    assert docs.status == 200
+    assert b"/api/openapi.json" in docs.body
+    schema = json.loads(stack.get("/api/openapi.json").body)
+    assert schema["servers"] == [{"url": "/api"}]
+
+
+# --- external: the load balancer terminates TLS ---------------------------------------------
+
+AS_THE_LOAD_BALANCER = """
+import json, urllib.request
+headers = {"Host": "api.example.com", "X-Forwarded-Proto": "https"}
+headers["X-Forwarded-For"] = "198.51.100.7"
+request = urllib.request.Request("http://127.0.0.1:8000/whoami", headers=headers)
+print(urllib.request.urlopen(request).read().decode())
+"""
+
+
+@pytest.mark.docker
+@DOCKER_GROUP
+def test_external_proxy_is_trusted_from_forwarded_allow_ips_only(
+    template: Path, tmp_path: Path
+) -> None:
+    """Behind a TLS-terminating load balancer the app builds https:// URLs under ROOT_PATH."""
+    require_engine()
+    slug = unique_name("tt-external")
+    answers = {
+        "project_slug": slug,
+        "reverse_proxy": "external",
+        "forwarded_allow_ips": "127.0.0.1",  # the load balancer, played by the app's loopback
+        "database": "none",
+    }
+    project = render(template, tmp_path / "project", answers, tasks=True)
+    with (project / "app" / "main.py").open("a") as code:
+        code.write(PROBE_ROUTES)
+    port = free_port()
+    set_env(project, APP_PORT=str(port), ROOT_PATH="/api")
+    name = unique_name("tt-https")
+    try:
+        docker("compose", "-p", name, "up", "--build", "--detach", cwd=project)
+        assert wait_for_http(f"http://127.0.0.1:{port}/health", timeout=90) == 200
+        trusted = json.loads(
+            docker(
+                "compose",
+                "-p",
+                name,
+                "exec",
+                "-T",
+                "app",
+                "python",
+                "-c",
+                AS_THE_LOAD_BALANCER,
+                cwd=project,
+            ).stdout
+        )
+        # The same headers from another address (the host, through the published port).
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/whoami",
+            headers={"X-Forwarded-Proto": "https", "X-Forwarded-For": "198.51.100.7"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            untrusted = json.loads(response.read())
+        logs = docker("compose", "-p", name, "logs", "app", cwd=project).stdout
+    finally:
+        docker("compose", "-p", name, "down", "-v", "--remove-orphans", cwd=project, check=False)
+        docker("rmi", "-f", f"{slug}:latest", check=False)
+    assert trusted == {
+        "client": "198.51.100.7",
+        "scheme": "https",
+        "url": "https://api.example.com/api/whoami",
+    }
+    assert untrusted["scheme"] == "http"
+    assert untrusted["client"] != "198.51.100.7"
+    assert untrusted["url"] == f"http://127.0.0.1:{port}/api/whoami"
+    assert any("198.51.100.7" in line and "whoami" in line for line in logs.splitlines()), logs
