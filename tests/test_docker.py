@@ -32,7 +32,6 @@ from tests.docker import (
     compose_stack,
     container,
     docker,
-    free_subnet,
     require_engine,
     unique_name,
 )
