@@ -30,7 +30,6 @@ from tests.project import (
     tool_env,
     wait_for_http,
 )
-from tests.test_docker import free_subnet
 
 PROJECTS = [
     pytest.param(
@@ -134,7 +133,7 @@ def test_ci_compose_job_passes_step_by_step(project: Installed, tmp_path: Path) 
     project: the stack comes up healthy and answers through the port it publishes (the
     proxy's, where there is one); `down -v` runs whatever happened, failure() steps only on
     failure. Only the names the engine shares get values of their own here: the compose
-    project, the published port and the proxy's subnet."""
+    project and the published ports."""
     docker.require_engine()
     job = ci_job(project.path, "compose")
     checkout = tmp_path / "checkout"
@@ -143,10 +142,10 @@ def test_ci_compose_job_passes_step_by_step(project: Installed, tmp_path: Path) 
         **docker.DOCKER_ENV,
         **job.get("env", {}),
         "COMPOSE_PROJECT_NAME": docker.unique_name("tt-ci"),
-        "APP_PORT": str(free_port()),
     }
-    if project.answers["reverse_proxy"] in ("traefik", "nginx"):
-        env["EDGE_SUBNET"] = free_subnet()
+    for published in ("APP_PORT", "HTTP_PORT", "HTTPS_PORT"):
+        if published in env:
+            env[published] = str(free_port())
 
     def run_step(step: dict[str, Any]) -> subprocess.CompletedProcess[str]:
         step_env = {
