@@ -20,6 +20,7 @@ import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import copier
 
@@ -41,7 +42,7 @@ def render(job: tuple[str, Path, dict[str, str], str | None]) -> None:
 
 def findings(root: Path) -> None:
     current = snapshot(REPO, root / "template")
-    jobs = [
+    jobs: list[tuple[str, Path, dict[str, Any], str | None]] = [
         (str(current), root / "now" / name, answers, None) for name, answers in FAMILIES.items()
     ]
     jobs += [
@@ -85,7 +86,8 @@ def timed(command: list[str], cwd: Path) -> float:
 
 def update_times(root: Path, runs: int) -> None:
     source = releases(root)
-    script, alone = [], []
+    script: list[float] = []
+    alone: list[float] = []
     for run in range(runs):
         for kind, command, times in (
             ("script", ["python3", "scripts/template_update.py"], script),

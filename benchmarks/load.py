@@ -244,7 +244,7 @@ def served(
             return
         if server.proxy == "nginx":
             proxy_args = ["-v", f"{proxies['nginx']}:/etc/nginx/conf.d/default.conf:ro"]
-            image, command = "nginx:1.29", ()
+            image, command = "nginx:1.29", tuple[str, ...]()
         else:
             proxy_args = ["-v", f"{proxies['traefik']}:/etc/traefik/dynamic.yaml:ro"]
             image = "traefik:v3.5"

@@ -241,8 +241,8 @@ def test_compose_stack_with_migrations_builds_one_image_with_the_index_secret(
             )
         )
         port = free_port()
-        with (project / ".env").open("a") as env:
-            env.write(f"APP_PORT={port}\n")
+        with (project / ".env").open("a") as dotenv:
+            dotenv.write(f"APP_PORT={port}\n")
         lines = "".join(f"{name}={value}\n" for name, value in credentials.items())
         name = docker.unique_name("tt")
         compose = ["docker", "compose", "-p", name, "-f", "compose.yaml", "-f", str(override)]
