@@ -43,8 +43,8 @@ RELEASE_EDITS = [
     ),
     (
         "template/README.md.jinja",
-        "| `LOG_LEVEL` | `INFO` | Level of the JSON logs on stdout |\n",
-        "| `LOG_LEVEL` | `INFO` | Level of the JSON logs on stdout |\n"
+        "| `LOG_LEVEL` | `INFO` | Level of the JSON logs on stdout, Uvicorn's included |\n",
+        "| `LOG_LEVEL` | `INFO` | Level of the JSON logs on stdout, Uvicorn's included |\n"
         "| `DOCS_ENABLED` | `true` | Serve the interactive API docs at `/docs` |\n",
     ),
     # The renamed question: `author` becomes `maintainer`, and a migration carries the answer.
