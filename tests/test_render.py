@@ -25,8 +25,9 @@ pytestmark = pytest.mark.xdist_group("render")
 LEFTOVER = re.compile(r"\{\{|\{%|%\}|\{#")
 # Traefik fills these in from its environment when it reads traefik.yaml (Go templates).
 TRAEFIK_TEMPLATE = re.compile(r'\{\{ (env "[A-Z_]+"|with env "[A-Z_]+"|\.|end) \}\}')
-# GitHub Actions expressions, `${{ github.ref }}`, are the workflows' own syntax.
-GITHUB_EXPRESSION = re.compile(r"\$\{\{ [^}]* \}\}")
+# GitHub Actions expressions, `${{ github.ref }}`, and docker/metadata-action's tag patterns,
+# `{{version}}`, are the workflows' own syntax.
+GITHUB_EXPRESSION = re.compile(r"\$\{\{ [^}]* \}\}|\{\{(version|major|minor|patch)\}\}")
 
 
 def _render_one(job: tuple[Path, Path, Answers]) -> None:
