@@ -96,6 +96,12 @@ def releases(template: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The template as a git repository tagged 0.1.0 (the working tree) and 0.2.0 (later)."""
     repo = tmp_path_factory.mktemp("releases") / "template"
     shutil.copytree(template, repo)
+    return tag_releases(repo)
+
+
+def tag_releases(repo: Path) -> Path:
+    """Make the template copy in `repo` a git repository: its tree tagged 0.1.0, then 0.2.0 with
+    the release's edits."""
     git(repo, "init", "--quiet")
     commit_all(repo, "Release 0.1.0")
     git(repo, "tag", OLD)
