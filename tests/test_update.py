@@ -18,7 +18,16 @@ import yaml
 
 from tests import docker
 from tests.combinations import SIMPLE_INDEX
-from tests.project import GIT_IDENTITY, git, http_get, install, render, run, wait_for_http
+from tests.project import (
+    GIT_IDENTITY,
+    git,
+    http_get,
+    install,
+    readme_block,
+    render,
+    run,
+    wait_for_http,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -316,8 +325,11 @@ def add_dependency(project: Path, tool: str, requirement: str) -> None:
         (project / "requirements.in").write_text(
             (project / "requirements.in").read_text() + f"{requirement}\n"
         )
-        python = answers(project)["python_version"]
-        run([sys.executable, str(REPO / "hooks/lock.py"), "pip", python], project)
+        python = f"python{answers(project)['python_version']}"
+        run([python, "-m", "venv", ".venv"], project)
+        commands = readme_block((project / "README.md").read_text(), "Dependencies")
+        script = "\n".join([". .venv/bin/activate", *commands])
+        run(["bash", "-ec", script], project, PIP_INDEX_URL=SIMPLE_INDEX)
 
 
 @pytest.mark.parametrize(
