@@ -46,8 +46,6 @@ QUARANTINED = {
     ),
     "test_projects.py::test_pre_commit_passes_offline": ("", "failed in the integration run"),
     "test_projects.py::test_ci_check_job_passes_step_by_step": ("", "failed in one project"),
-    "test_database.py::test_ready_logs_each_change_once": ("", "failed in the integration run"),
-    "test_database.py::test_ready_follows_the_database": ("", "failed in the integration run"),
 }
 
 
