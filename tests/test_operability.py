@@ -396,7 +396,11 @@ def prometheus(target: str, workdir: Path) -> Iterator[str]:
     )
     try:
         url = f"http://127.0.0.1:{port}"
-        assert wait_for_http(f"{url}/-/ready", timeout=60, process=server) == 200
+        # It listens before it is ready: /-/ready answers 503 while its storage opens.
+        deadline = time.monotonic() + 120
+        while (answer := wait_for_http(f"{url}/-/ready", timeout=120, process=server)) != 200:
+            assert time.monotonic() < deadline, f"Prometheus still answers {answer} on /-/ready"
+            time.sleep(0.2)
         yield url
     finally:
         stop(server)
