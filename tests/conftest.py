@@ -40,8 +40,6 @@ QUARANTINED = {
         "",
         "the scraped total missed requests across the killed worker in the integration run",
     ),
-    "test_projects.py::test_pre_commit_passes_offline": ("", "failed in the integration run"),
-    "test_projects.py::test_ci_check_job_passes_step_by_step": ("", "failed in one project"),
 }
 
 
