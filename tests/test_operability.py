@@ -150,12 +150,7 @@ def stack(
     code = project / ("app/main.py" if answers["layout"] == "package" else "main.py")
     code.write_text(code.read_text() + LOGGED_ROUTE)
     port = free_port()
-    # On a busy machine a worker can take longer than Uvicorn's 5 s to start: not what is tested.
-    settings = [
-        f"APP_PORT={port}",
-        f"CORS_ORIGINS={ALLOWED_ORIGIN}",
-        "UVICORN_TIMEOUT_WORKER_HEALTHCHECK=120",
-    ]
+    settings = [f"APP_PORT={port}", f"CORS_ORIGINS={ALLOWED_ORIGIN}"]
     if answers["reverse_proxy"] in TLS_PROXIES:
         settings += [f"HTTPS_PORT={port}", f"HTTP_PORT={free_port()}"]
     if answers["reverse_proxy"] == "nginx":
