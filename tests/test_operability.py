@@ -157,7 +157,7 @@ def stack(
         TestCA().issue("localhost").write(project / "certs")
     with (project / ".env").open("a") as env:
         env.write("".join(f"{line}\n" for line in settings))
-    # Likewise, a first health check may fail while the machine is busy: only a pass counts.
+    # A first health check may fail while the machine is busy: only a pass counts.
     (project / "compose.override.yaml").write_text(
         "services:\n  app:\n    healthcheck:\n      start_period: 300s\n"
     )
