@@ -243,7 +243,12 @@ def behind(template: Path, root: Path, proxy: str) -> Iterator[tuple[str, str]]:
     """The generated project's compose stack behind `proxy`, 2 workers as the direct row:
     its HTTPS base URL on 127.0.0.1 (as localhost, the certificate's name) and the app's
     container."""
-    answers = {"python_version": PYTHON, "process_model": "workers", "domain": "localhost"}
+    answers = {
+        "python_version": PYTHON,
+        "process_model": "workers",
+        "database": "sqlite",
+        "domain": "localhost",
+    }
     stack = render_stack(template, root / f"behind-{proxy}", proxy, b"", **answers)
     set_env(stack.project, WEB_CONCURRENCY="2")
     if proxy == "nginx":
