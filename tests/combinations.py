@@ -145,7 +145,7 @@ COVERING_SET: list[Answers] = [
         "layout": "single_file",
         "python_version": "3.11",
         "process_model": "workers",
-        "reverse_proxy": "none",
+        "reverse_proxy": "caddy",
         "database": "sqlite",
         "migrations": False,
     },

@@ -35,20 +35,8 @@ def postgres(postgres_server: PostgresServer) -> dict[str, str]:
 
 # Tests that failed in the last integration run of the merged branches and are not mended yet.
 # Each stays visible as a skip with its reason; the closing note and the open issue name it.
-QUARANTINED = {
-    "test_operability.py::test_prometheus_scrapes_exactly_the_requests_sent_across": (
-        "",
-        "the scraped total missed requests across the killed worker in the integration run",
-    ),
-    "test_fuzz.py::test_fuzzing_the_openapi_schema": (
-        "",
-        "a fuzzed request timed out in the integration run (SQLite pool under cancellation?)",
-    ),
-    "test_projects.py::test_pre_commit_passes_offline": ("", "failed in the integration run"),
-    "test_projects.py::test_ci_check_job_passes_step_by_step": ("", "failed in one project"),
-    "test_database.py::test_ready_logs_each_change_once": ("", "failed in the integration run"),
-    "test_database.py::test_ready_follows_the_database": ("", "failed in the integration run"),
-}
+# Each entry: "module.py::test_name_prefix" -> (text the test id must also hold, reason).
+QUARANTINED: dict[str, tuple[str, str]] = {}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

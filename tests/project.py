@@ -5,6 +5,7 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -143,19 +144,29 @@ def wait_for_http(
 
 @contextlib.contextmanager
 def serve(command: list[str], cwd: Path, **env: str) -> Iterator[subprocess.Popen[str]]:
-    """Start a server process; stop it with SIGTERM when done."""
-    process = subprocess.Popen(
-        command,
-        cwd=cwd,
-        env=tool_env(**env),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        yield process
-    finally:
-        stop(process)
+    """Start a server process; stop it with SIGTERM when done.
+
+    Its output goes to a file, shown when the test fails: a pipe that nobody reads fills up
+    after 64 KiB of log lines, and the server then hangs in its next write.
+    """
+    with tempfile.TemporaryFile("w+") as output:
+        process = subprocess.Popen(
+            command,
+            cwd=cwd,
+            env=tool_env(**env),
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        try:
+            yield process
+        except Exception as error:
+            stop(process)
+            output.seek(0)
+            error.add_note(f"--- server output (last 6000 characters)\n{output.read()[-6000:]}")
+            raise
+        finally:
+            stop(process)
 
 
 def stop(process: subprocess.Popen[Any]) -> None:

@@ -638,6 +638,10 @@ def test_pools_within_max_connections_serve_and_log_the_budget(
 
 # --- Readiness follows the database -------------------------------------------------------
 
+# Each worker keeps its own readiness and logs its own changes, and starts once: with one worker
+# (not one per CPU) the log tells a single story whichever worker a request lands on.
+ONE_WORKER = {"WEB_CONCURRENCY": "1"}
+
 
 def test_ready_follows_the_database_without_a_restart(
     projects: dict[str, Project], tmp_path: Path
@@ -645,7 +649,7 @@ def test_ready_follows_the_database_without_a_restart(
     project = projects["postgres_migrations"]
     database = own_postgres()
     try:
-        env = project_env(**database.create_database())
+        env = project_env(**database.create_database(), **ONE_WORKER)
         with serving(project, tmp_path / "app.log", env) as server:
             wait_for_ready(server)
             item = post_item(server.url, "kept")
@@ -696,7 +700,7 @@ def test_ready_logs_each_change_once_and_answers_a_hung_database_in_time(
     project = projects["postgres_migrations"]
     database = own_postgres()
     try:
-        env = project_env(**database.create_database())
+        env = project_env(**database.create_database(), **ONE_WORKER)
         with serving(project, tmp_path / "app.log", env) as server:
             wait_for_ready(server)
             database.pause()

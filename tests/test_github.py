@@ -9,6 +9,7 @@ tests/test_projects.py and tests/test_template_update.py.
 """
 
 import re
+import subprocess
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -144,3 +145,18 @@ def test_release_publishes_version_and_commit_tags_with_sbom_and_provenance(
     build = by_action["docker/build-push-action"]["with"]
     assert (build["push"], build["sbom"], build["provenance"]) == (True, True, "mode=max")
     assert by_action["actions/attest-build-provenance"]["with"]["push-to-registry"] is True
+
+
+def test_release_names_the_image_in_lowercase_as_the_registry_requires(
+    families: dict[str, Path], tmp_path: Path
+) -> None:
+    release = workflows(next(iter(families.values())))["release.yml"]
+    naming = next(step for _, step in steps(release) if step.get("id") == "image")
+    output = tmp_path / "github_output"
+    environment = {"GITHUB_REPOSITORY": "Acme-Corp/Billing-API", "GITHUB_OUTPUT": str(output)}
+    subprocess.run(["bash", "-e", "-c", naming["run"]], env=environment, check=True)
+    assert output.read_text() == "name=ghcr.io/acme-corp/billing-api\n"
+    by_action = {step["uses"].split("@")[0]: step for _, step in steps(release) if "uses" in step}
+    named = "${{ steps.image.outputs.name }}"
+    assert by_action["docker/metadata-action"]["with"]["images"] == named
+    assert by_action["actions/attest-build-provenance"]["with"]["subject-name"] == named

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tests import docker
 from tests.combinations import COVERING_SET, Answers, combination_id
@@ -37,6 +38,20 @@ PROJECTS = [
     )
     for answers in COVERING_SET
 ]
+
+
+def test_covering_set_has_every_value_of_every_question() -> None:
+    config = yaml.safe_load((Path(__file__).parent.parent / "copier.yml").read_text())
+    missing = []
+    for name, question in config.items():
+        if name.startswith("_") or question.get("type") not in {"str", "bool"}:
+            continue
+        values = set(question.get("choices", {}).values()) or (
+            {True, False} if question["type"] == "bool" else set()
+        )
+        used = {answers.get(name, question.get("default")) for answers in COVERING_SET}
+        missing += [f"{name}={value}" for value in values - used]
+    assert not missing, f"no covering project answers {missing}"
 
 
 class Installed:

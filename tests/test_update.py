@@ -17,7 +17,17 @@ import pytest
 import yaml
 
 from tests import docker
-from tests.project import GIT_IDENTITY, git, http_get, install, render, run, wait_for_http
+from tests.combinations import SIMPLE_INDEX
+from tests.project import (
+    GIT_IDENTITY,
+    git,
+    http_get,
+    install,
+    readme_block,
+    render,
+    run,
+    wait_for_http,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -61,6 +71,15 @@ RELEASE_EDITS = [
     ),
 ]
 RENAMED_IN = "template/pyproject.toml.jinja"
+# A dependency the release adds, so every tool's lock must be refreshed by the update.
+RELEASE_DEPENDENCY = "tenacity"
+RELEASE_EDITS.append(
+    (
+        "includes/dependencies.jinja",
+        "'pydantic-settings>=2.7']",
+        f"'pydantic-settings>=2.7', '{RELEASE_DEPENDENCY}>=8']",
+    )
+)
 
 
 def copier(cwd: Path, *args: str) -> str:
@@ -247,6 +266,7 @@ def test_update_brings_the_releases_changes(updated: Path) -> None:
     assert NEW_SETTING in (updated / "app/config.py").read_text()
     assert "DOCS_ENABLED=true" in (updated / ".env.example").read_text()
     assert "| `DOCS_ENABLED` |" in (updated / "README.md").read_text()
+    assert f'name = "{RELEASE_DEPENDENCY}"' in (updated / "uv.lock").read_text()
 
 
 @on_updated_project
@@ -290,6 +310,55 @@ def test_updated_project_image_serves_the_projects_route(updated: Path) -> None:
         assert wait_for_http(f"http://{address}/health", timeout=60) == 200
         status, body = http_get(f"http://{address}/hello/ada?times=3")
         assert (status, body) == (200, b'{"message":"Hello, ada (3 times)"}')
+
+
+# --- Poetry and pip projects ------------------------------------------------------------------
+
+LOCKS = {"poetry": "poetry.lock", "pip": "requirements.txt"}
+
+
+def add_dependency(project: Path, tool: str, requirement: str) -> None:
+    """Add a runtime dependency and lock it, as the project's README says for its tool."""
+    if tool == "poetry":
+        run(["poetry", "add", "--lock", requirement], project)
+    else:
+        (project / "requirements.in").write_text(
+            (project / "requirements.in").read_text() + f"{requirement}\n"
+        )
+        python = f"python{answers(project)['python_version']}"
+        run([python, "-m", "venv", ".venv"], project)
+        commands = readme_block((project / "README.md").read_text(), "Dependencies")
+        script = "\n".join([". .venv/bin/activate", *commands])
+        run(["bash", "-ec", script], project, PIP_INDEX_URL=SIMPLE_INDEX)
+
+
+@pytest.mark.parametrize(
+    "tool", [pytest.param(tool, marks=pytest.mark.xdist_group(f"update-{tool}")) for tool in LOCKS]
+)
+def test_update_refreshes_the_lock_of_poetry_and_pip_projects_keeping_their_own(
+    tool: str, releases: Path, tmp_path: Path
+) -> None:
+    project = copy_project(
+        releases,
+        tmp_path / "service",
+        *("--data", f"dependency_tool={tool}"),
+        *("--data", f"package_index={SIMPLE_INDEX}"),
+    )
+    add_dependency(project, tool, "humanize>=4")
+    commit_all(project, "Humanize numbers")
+
+    copier(project, "update", "--trust", "--defaults")
+
+    assert conflicts(project) == []
+    lock = (project / LOCKS[tool]).read_text().lower()
+    for name in ("humanize", RELEASE_DEPENDENCY):
+        assert re.search(rf'^(name = "{name}"|{name}==)', lock, re.MULTILINE), name
+    if tool == "poetry":
+        run(["poetry", "check", "--lock"], project)
+    else:
+        assert "--hash=sha256:" in lock
+    bin_dir = install(project, answers(project))
+    run([str(bin_dir / "pytest"), "-q", "-p", "no:cacheprovider"], project)
 
 
 # --- Both sides changed the same lines -------------------------------------------------------
