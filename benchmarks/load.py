@@ -8,8 +8,10 @@ each server's command line; renders it again with PostgreSQL for the `/items/{id
 PostgreSQL (a postgres container in the same network). Each configuration then takes Debian's
 `wrk` on 127.0.0.1 for a few seconds per endpoint (median of the runs): req/s, p99, the sum of
 the container's process RSS after the load, and errors (socket errors and non-2xx answers).
-The same app behind nginx and Traefik uses the configuration files the template renders for
-them. The FastAPI docs' naive image (`fastapi run`, benchmarks/docker.py) is the floor.
+The same app behind each proxy (nginx, Traefik, Caddy) is the generated project's own compose
+stack for it (workers, SQLite, domain localhost: nginx with a certificate made here, Traefik and
+Caddy with their local ones), loaded over HTTPS on its published port. The FastAPI docs' naive
+image (`fastapi run`, benchmarks/docker.py) is the floor.
 
 Then two measurements that decide the process manager: the RSS of one process and of each added
 worker (WEB_CONCURRENCY 1, 2, 4), and what becomes of a worker whose event loop hangs (a route
@@ -33,7 +35,9 @@ from pathlib import Path
 
 from benchmarks.docker import naive_project
 from tests.docker import docker, engine_problem, unique_name
+from tests.edge import render_stack, set_env
 from tests.project import http_get, render, snapshot, tool_env
+from tests.tls import TestCA
 
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = "3.13"
@@ -81,7 +85,6 @@ class Server:
     name: str
     command: tuple[str, ...]
     env: dict[str, str] = field(default_factory=dict)
-    proxy: str | None = None
 
 
 SERVERS = [
@@ -110,19 +113,9 @@ SERVERS = [
             MODULE,
         ),
     ),
-    Server(
-        "Uvicorn, 2 workers, behind nginx",
-        ("uvicorn", MODULE, *BIND, "--proxy-headers"),
-        {"WEB_CONCURRENCY": "2", "FORWARDED_ALLOW_IPS": "*"},
-        proxy="nginx",
-    ),
-    Server(
-        "Uvicorn, 2 workers, behind Traefik",
-        ("uvicorn", MODULE, *BIND, "--proxy-headers"),
-        {"WEB_CONCURRENCY": "2", "FORWARDED_ALLOW_IPS": "*"},
-        proxy="traefik",
-    ),
 ]
+# The generated project's own stacks behind its proxies, by the names the rows print.
+PROXIES = {"nginx": "nginx", "traefik": "Traefik", "caddy": "Caddy"}
 
 
 @dataclass
@@ -181,13 +174,19 @@ def rss_mb(name: str) -> float:
 
 
 def wait_for_200(url: str, timeout: float = 120) -> None:
+    """Poll until a 200; over HTTPS the proxies' local certificates are taken as they are."""
     deadline = time.monotonic() + timeout
     while True:
-        try:
-            if http_get(url, timeout=2)[0] == 200:
+        if url.startswith("https:"):
+            probe = ["curl", "-sk", "-o", "/dev/null", "-w", "%{http_code}", "-m", "2", url]
+            if subprocess.run(probe, capture_output=True, text=True).stdout == "200":
                 return
-        except OSError:
-            pass
+        else:
+            try:
+                if http_get(url, timeout=2)[0] == 200:
+                    return
+            except OSError:
+                pass
         if time.monotonic() > deadline:
             raise RuntimeError(f"{url} never answered 200")
         time.sleep(0.1)
@@ -211,7 +210,7 @@ def create_item(base: str) -> int:
     request = subprocess.run(
         [
             "curl",
-            "-sf",
+            "-sfk",
             "-X",
             "POST",
             "-H",
@@ -229,70 +228,76 @@ def create_item(base: str) -> int:
 
 @contextlib.contextmanager
 def served(
-    tag: str, network: str, server: Server, proxies: dict[str, Path], env: dict[str, str]
+    tag: str, network: str, server: Server, env: dict[str, str]
 ) -> Iterator[tuple[str, str]]:
-    """The app (and its proxy): the base URL on 127.0.0.1 and the app's container name."""
+    """The app: the base URL on 127.0.0.1 and the app's container name."""
     settings = [
         arg for key, value in {**env, **server.env}.items() for arg in ("-e", f"{key}={value}")
     ]
-    publish = [] if server.proxy else ["-p", "127.0.0.1::8000"]
-    with running(
-        tag, network, "--network-alias", "app", *publish, *settings, command=server.command
-    ) as app:
-        if server.proxy is None:
-            yield f"http://127.0.0.1:{port_of(app, 8000)}", app
-            return
-        if server.proxy == "nginx":
-            proxy_args = ["-v", f"{proxies['nginx']}:/etc/nginx/conf.d/default.conf:ro"]
-            image, command = "nginx:1.29", tuple[str, ...]()
-        else:
-            proxy_args = ["-v", f"{proxies['traefik']}:/etc/traefik/dynamic.yaml:ro"]
-            image = "traefik:v3.5"
-            command = (
-                "--entrypoints.web.address=:80",
-                "--providers.file.filename=/etc/traefik/dynamic.yaml",
-            )
-        wait_for_app(app)
-        with running(image, network, "-p", "127.0.0.1::80", *proxy_args, command=command) as proxy:
-            yield f"http://127.0.0.1:{port_of(proxy, 80)}", app
+    with running(tag, network, "-p", "127.0.0.1::8000", *settings, command=server.command) as app:
+        yield f"http://127.0.0.1:{port_of(app, 8000)}", app
 
 
-def wait_for_app(name: str, timeout: float = 120) -> None:
-    probe = (
-        "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=2)"
-    )
-    deadline = time.monotonic() + timeout
-    while docker("exec", name, "python", "-c", probe, check=False).returncode != 0:
-        if time.monotonic() > deadline:
-            raise RuntimeError(docker("logs", name, check=False).stdout[-3000:])
-        time.sleep(0.3)
+@contextlib.contextmanager
+def behind(template: Path, root: Path, proxy: str) -> Iterator[tuple[str, str]]:
+    """The generated project's compose stack behind `proxy`, 2 workers as the direct row:
+    its HTTPS base URL on 127.0.0.1 (as localhost, the certificate's name) and the app's
+    container."""
+    answers = {
+        "python_version": PYTHON,
+        "process_model": "workers",
+        "database": "sqlite",
+        "domain": "localhost",
+    }
+    stack = render_stack(template, root / f"behind-{proxy}", proxy, b"", **answers)
+    set_env(stack.project, WEB_CONCURRENCY="2")
+    if proxy == "nginx":
+        TestCA().issue("localhost").write(stack.project / "certs")
+    try:
+        stack.compose("up", "--build", "--detach")
+        yield f"https://localhost:{stack.https_port}", stack.container("app")
+    finally:
+        stack.compose("down", "-v", "--remove-orphans", check=False)
+        docker("rmi", "-f", f"{stack.slug}:latest", check=False)
 
 
 def measure(
     server: Server,
     tags: dict[str, str],
     network: str,
-    proxies: dict[str, Path],
     postgres_env: dict[str, str],
     runs: int,
     seconds: int,
 ) -> Row:
     row = Row(server.name)
     try:
-        with served(tags["sqlite"], network, server, proxies, {}) as (base, app):
+        with served(tags["sqlite"], network, server, {}) as (base, app):
+            measure_sqlite(row, base, app, runs, seconds)
+        with served(tags["postgresql"], network, server, postgres_env) as (base, _):
             wait_for_200(f"{base}/health")
-            row.health = median_load(f"{base}/health", runs, seconds)
             item = create_item(base)
-            row.items_sqlite = median_load(f"{base}/items/{item}", runs, seconds)
-            row.rss_mb = rss_mb(app)
-        if server.proxy is None:
-            with served(tags["postgresql"], network, server, proxies, postgres_env) as (base, _):
-                wait_for_200(f"{base}/health")
-                item = create_item(base)
-                row.items_postgres = median_load(f"{base}/items/{item}", runs, seconds)
+            row.items_postgres = median_load(f"{base}/items/{item}", runs, seconds)
     except (RuntimeError, AssertionError, subprocess.CalledProcessError) as error:
         row.note = str(error).strip().splitlines()[-1][:120] if str(error).strip() else repr(error)
     return row
+
+
+def measure_behind(template: Path, root: Path, proxy: str, runs: int, seconds: int) -> Row:
+    row = Row(f"Uvicorn, 2 workers, behind {PROXIES[proxy]} (HTTPS)")
+    try:
+        with behind(template, root, proxy) as (base, app):
+            measure_sqlite(row, base, app, runs, seconds)
+    except (RuntimeError, AssertionError, subprocess.CalledProcessError) as error:
+        row.note = str(error).strip().splitlines()[-1][:120] if str(error).strip() else repr(error)
+    return row
+
+
+def measure_sqlite(row: Row, base: str, app: str, runs: int, seconds: int) -> None:
+    wait_for_200(f"{base}/health")
+    row.health = median_load(f"{base}/health", runs, seconds)
+    item = create_item(base)
+    row.items_sqlite = median_load(f"{base}/items/{item}", runs, seconds)
+    row.rss_mb = rss_mb(app)
 
 
 def naive_row(naive_tag: str, network: str, runs: int, seconds: int) -> Row:
@@ -311,7 +316,7 @@ def memory_per_worker(tag: str, network: str, seconds: int) -> list[tuple[int, f
     figures = []
     for workers in (1, 2, 4):
         server = Server("", ("uvicorn", MODULE, *BIND), {"WEB_CONCURRENCY": str(workers)})
-        with served(tag, network, server, {}, {}) as (base, app):
+        with served(tag, network, server, {}) as (base, app):
             wait_for_200(f"{base}/health")
             wrk(f"{base}/health", seconds)
             listed = processes(app)
@@ -334,7 +339,7 @@ def memory_per_worker(tag: str, network: str, seconds: int) -> list[tuple[int, f
 
 def hung_worker(tag: str, network: str, server: Server, wait: float) -> str:
     """Block one worker's event loop; say whether the supervisor replaced it within `wait`."""
-    with served(tag, network, server, {}, {}) as (base, app):
+    with served(tag, network, server, {}) as (base, app):
         wait_for_200(f"{base}/health")
         before = {p[0] for p in processes(app) if p[0] != 1}
         subprocess.Popen(
@@ -391,10 +396,6 @@ def main() -> None:
     projects = {
         database: prepare(template, root, database) for database in ("sqlite", "postgresql")
     }
-    proxies = {}
-    for proxy, file in (("nginx", "nginx.conf"), ("traefik", "traefik.yaml")):
-        rendered = render(template, root / proxy, {"reverse_proxy": proxy, "database": "none"})
-        proxies[proxy] = rendered / file
     naive = root / "naive"
     tags = {name: unique_name(f"bench-load-{name}") for name in ("sqlite", "postgresql", "naive")}
     network = unique_name("bench-load")
@@ -424,12 +425,14 @@ def main() -> None:
             while docker("exec", db, "pg_isready", "-U", "my_api", check=False).returncode:
                 time.sleep(0.5)
             postgres_env = {"POSTGRES_HOST": "db", "POSTGRES_PASSWORD": "bench"}
+            load_before = os.getloadavg()[0]
             rows = []
             for server in SERVERS:
                 print(f"measuring {server.name} ...", file=sys.stderr, flush=True)
-                rows.append(
-                    measure(server, tags, network, proxies, postgres_env, args.runs, args.seconds)
-                )
+                rows.append(measure(server, tags, network, postgres_env, args.runs, args.seconds))
+        for proxy in PROXIES:
+            print(f"measuring the stack behind {proxy} ...", file=sys.stderr, flush=True)
+            rows.append(measure_behind(template, root, proxy, args.runs, args.seconds))
         print("measuring memory and hung workers ...", file=sys.stderr, flush=True)
         memory = memory_per_worker(tags["sqlite"], network, args.seconds)
         hangs = {
@@ -450,16 +453,23 @@ def main() -> None:
         for tag in tags.values():
             docker("rmi", "-f", tag, check=False)
         docker("network", "rm", network, check=False)
-    report(rows, memory, hangs, args.seconds)
+    report(rows, memory, hangs, args.seconds, load_before)
 
 
 def report(
-    rows: list[Row], memory: list[tuple[int, float, float]], hangs: dict[str, str], seconds: int
+    rows: list[Row],
+    memory: list[tuple[int, float, float]],
+    hangs: dict[str, str],
+    seconds: int,
+    load_before: float,
 ) -> None:
     print(
-        f"\nPython {PYTHON}, load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; "
-        f"each figure the median of the runs of\n    "
+        f"\nPython {PYTHON}; load average {load_before:.1f} at the first run, "
+        f"{os.getloadavg()[0]:.1f} at the end, on {os.cpu_count()} cores; each figure the "
+        f"median of the runs of\n    "
         f"{' '.join(wrk_command('http://127.0.0.1:PORT/PATH', seconds))}\n"
+        f"or, behind a proxy,\n    "
+        f"{' '.join(wrk_command('https://localhost:PORT/PATH', seconds))}\n"
     )
     header = (
         "configuration",
@@ -498,12 +508,12 @@ def report(
             f"Uvicorn workers / Gunicorn+Uvicorn workers on /health: "
             f"{ours.health.rps / gunicorn.health.rps:.2f}x (target >= 1.0x)"
         )
-    for proxy in ("nginx", "Traefik"):
-        behind = by_name[f"Uvicorn, 2 workers, behind {proxy}"]
-        if ours.health and behind.health:
+    for proxy in PROXIES.values():
+        stack = by_name[f"Uvicorn, 2 workers, behind {proxy} (HTTPS)"]
+        if ours.health and stack.health:
             print(
-                f"behind {proxy} / direct on /health: {behind.health.rps / ours.health.rps:.2f} "
-                f"(target >= 0.75)"
+                f"behind {proxy} (HTTPS) / direct on /health: "
+                f"{stack.health.rps / ours.health.rps:.2f} (target >= 0.75)"
             )
     print("\nRSS after a short load (WEB_CONCURRENCY workers; supervisor = PID 1):")
     for workers, supervisor, mean in memory:

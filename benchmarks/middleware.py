@@ -1,20 +1,22 @@
 """Print what the request-id/access-log middleware and the metrics cost, next to the app without.
 
-    uv run python -m benchmarks.middleware
+    uv run python -m benchmarks.middleware [--rounds 3]
 
 Renders the default project (SQLite, migrations) twice, installed with uv: with the middleware
 and Prometheus metrics (`metrics=prometheus`, the template as generated), and without them (the
 `metrics=none` render with the middleware line taken out of `create_app`). Each runs as one
 Uvicorn process, as the image starts it (`logging.json`, no Uvicorn access log, LOG_LEVEL=INFO,
 stdout to /dev/null). Debian's `wrk` loads `/health` and `GET /items/{id}` on 127.0.0.1 in short
-bounded runs, the variants taking turns, ROUNDS times; the median requests/s and p99 of each
-are printed with the cost, and wrk's command line.
+bounded runs, the variants taking turns, --rounds times; the median requests/s and p99 of each
+are printed with the cost, wrk's command line and the machine's load average around the runs.
 
 The load generator shares the machine's cores with the server (and with whatever else runs):
 compare the rows of one run, not runs on different machines.
 """
 
+import argparse
 import contextlib
+import os
 import re
 import shutil
 import statistics
@@ -27,7 +29,6 @@ from pathlib import Path
 from tests.project import free_port, http_get, install, render, snapshot, tool_env
 
 REPO = Path(__file__).resolve().parent.parent
-ROUNDS = 3
 OFF = "off (no middleware, no metrics)"
 ON = "on (request id, access line, metrics)"
 WRK = ["wrk", "--threads", "1", "--connections", "8", "--latency", "--duration"]
@@ -96,6 +97,9 @@ def wrk(url: str) -> tuple[float, float, int]:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3, help="wrk runs per figure (median)")
+    rounds = parser.parse_args().rounds
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is missing (apt-get install wrk)")
     with tempfile.TemporaryDirectory(prefix="bench-middleware-") as tmp:
@@ -116,13 +120,19 @@ def main() -> None:
             for url in urls.values():  # warm-up
                 for path in PATHS:
                     subprocess.run([*WRK, "1s", f"{url}{path}"], capture_output=True)
-            for _ in range(ROUNDS):
+            load_before = os.getloadavg()[0]
+            for _ in range(rounds):
                 for path in PATHS:
                     for name, url in urls.items():
                         results.setdefault((name, path), []).append(wrk(f"{url}{path}"))
+            load_after = os.getloadavg()[0]
 
     print(f"Load: {' '.join(WRK)} {DURATION} URL")
-    print(f"(one Uvicorn process each; median of {ROUNDS} rounds, the variants taking turns)")
+    print(f"(one Uvicorn process each; median of {rounds} rounds, the variants taking turns)")
+    print(
+        f"Machine: load average {load_before:.1f} before the runs, {load_after:.1f} after, "
+        f"on {os.cpu_count()} cores"
+    )
     print()
     print(
         f"| {'variant':<38} | {'path':<9} | {'req/s':>8} | {'p99 ms':>7} | {'errors':>6} | cost |"

@@ -179,6 +179,34 @@ def test_nginx_without_its_certificate_stops_naming_the_path(
         stack.compose("down", "-v", "--remove-orphans", check=False)
 
 
+# --- Caddy locally: its own CA, its healthcheck, the redirect to the published port ---------
+
+
+@pytest.mark.docker
+@DOCKER_GROUP
+def test_caddy_on_localhost_is_healthy_and_redirects_to_the_published_https_port(
+    template: Path, tmp_path: Path
+) -> None:
+    require_engine()
+    stack = render_stack(template, tmp_path / "project", "caddy", b"", domain="localhost")
+    try:
+        stack.compose("up", "--build", "--detach")
+        proxy = stack.container("proxy")
+        deadline = time.monotonic() + 120
+        health = ""
+        while health != "healthy":
+            assert time.monotonic() < deadline, f"proxy {health}\n{stack.logs()}"
+            time.sleep(1)
+            health = docker("inspect", "-f", "{{.State.Health.Status}}", proxy).stdout.strip()
+        host = f"localhost:{stack.http_port}"  # as a browser sends it
+        status, headers = http_get_as(stack.http_port, host, "/health?x=1")
+        assert status in {301, 308}
+        assert headers["Location"] == f"https://localhost:{stack.https_port}/health?x=1"
+    finally:
+        stack.compose("down", "-v", "--remove-orphans", check=False)
+        docker("rmi", "-f", f"{stack.slug}:latest", check=False)
+
+
 # --- Traefik and Caddy: certificates from pebble, a real ACME CA ------------------------------
 
 

@@ -32,7 +32,7 @@ import yaml
 from tests.combinations import Answers
 from tests.docker import compose_stack, container, docker, require_engine, unique_name
 from tests.project import free_port, http_get, render, stop, wait_for_http
-from tests.tls import TestCA
+from tests.tls import TestCA, http_get_as
 
 pytestmark = [pytest.mark.docker, pytest.mark.xdist_group("operability")]
 
@@ -117,6 +117,7 @@ class Stack:
     project: Path
     name: str
     port: int
+    http_port: int | None = None  # the proxy's plain-HTTP port, where it terminates TLS
 
     @property
     def tls(self) -> bool:
@@ -150,9 +151,10 @@ def stack(
     code = project / ("app/main.py" if answers["layout"] == "package" else "main.py")
     code.write_text(code.read_text() + LOGGED_ROUTE)
     port = free_port()
+    http_port = free_port() if answers["reverse_proxy"] in TLS_PROXIES else None
     settings = [f"APP_PORT={port}", f"CORS_ORIGINS={ALLOWED_ORIGIN}"]
     if answers["reverse_proxy"] in TLS_PROXIES:
-        settings += [f"HTTPS_PORT={port}", f"HTTP_PORT={free_port()}"]
+        settings += [f"HTTPS_PORT={port}", f"HTTP_PORT={http_port}"]
     if answers["reverse_proxy"] == "nginx":
         TestCA().issue("localhost").write(project / "certs")
     with (project / ".env").open("a") as env:
@@ -163,7 +165,7 @@ def stack(
     )
     try:
         with compose_stack(project) as name:
-            built = Stack(key, answers, project, name, port)
+            built = Stack(key, answers, project, name, port, http_port)
             assert wait_until_served(built, "/health", timeout=120) == 200
             yield built
     finally:
@@ -269,6 +271,16 @@ def test_log_level_warning_silences_info_lines_of_every_logger(stack: Stack) -> 
     lines = [line for line in (output.stdout + output.stderr).splitlines() if line.strip()]
     levels = {entry["level"] for entry in json_lines(lines)}
     assert levels <= {"WARNING", "ERROR", "CRITICAL"}, lines
+
+
+def test_http_redirects_to_https_on_the_published_port(stack: Stack) -> None:
+    """Locally (localhost) the proxy's ports are rarely 80 and 443: the redirect keeps the one
+    HTTPS is published on, as a browser needs it."""
+    if stack.http_port is None:
+        pytest.skip("no proxy terminating TLS in the compose file")
+    status, headers = http_get_as(stack.http_port, f"localhost:{stack.http_port}", "/health?x=1")
+    assert status in {301, 308}
+    assert headers["Location"] == f"https://localhost:{stack.port}/health?x=1"
 
 
 # --- CORS ----------------------------------------------------------------------------------
