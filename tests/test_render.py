@@ -10,10 +10,17 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.combinations import Answers, combination_id, every_combination
+from tests.combinations import (
+    Answers,
+    combination_id,
+    deployment_combinations,
+    every_combination,
+)
 from tests.project import render
 
-COMBINATIONS = every_combination()
+# The full product of the choice questions, then the deployment targets over the answers that
+# change what they render (crossing them with everything would double the renders).
+COMBINATIONS = every_combination() + deployment_combinations()
 pytestmark = pytest.mark.xdist_group("render")
 
 LEFTOVER = re.compile(r"\{\{|\{%|%\}|\{#")
