@@ -51,7 +51,7 @@ def deployed(template: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         stack = Stack(project, slug.replace("-", ""))
         try:
             stack.deploy(image)
-            stack.wait_converged(image)
+            stack.wait_converged(image, timeout=900)  # a cold start on a loaded machine
             yield stack
         finally:
             stack.remove()
