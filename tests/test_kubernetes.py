@@ -342,11 +342,11 @@ def test_pod_spec_runs_as_declared_migration_then_probes(
         ]
         for line in db_env:
             run_db += ["-e", line]
-        # Its own copy of the Secret volume: group of its own pod's fsGroup.
+        # A helper here, not the pod under test: its own copy of the Secret, readable by all.
         db_secrets = tmp_path / "db-secrets"
         shutil.copytree(secrets, db_secrets)
         for path in db_secrets.iterdir():
-            os.chown(path, 0, database["securityContext"]["fsGroup"])
+            path.chmod(0o444)
         run_db += ["--mount", f"type=bind,source={db_secrets},target=/run/secrets,readonly"]
         docker(*run_db, db["image"])
 
