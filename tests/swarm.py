@@ -43,7 +43,7 @@ def swarm_node() -> Iterator[str]:
 
 def derived_image(base: str, dockerfile: str) -> str:
     """An image built FROM the base with this Dockerfile text (no context)."""
-    tag = unique_name(base.split(":")[0])
+    tag = f"{unique_name(base.split(':')[0])}:latest"  # as a service's containers name it
     subprocess.run(
         ["docker", "build", "-q", "-t", tag, "-"],
         input=dockerfile,
