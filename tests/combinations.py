@@ -86,8 +86,30 @@ def tls_combinations() -> list[Answers]:
     ]
 
 
+def deployment_combinations() -> list[Answers]:
+    """Every answer that changes what the deployment targets render (database, process model,
+    proxy), with both targets where both can be chosen; layouts alternate."""
+    combinations: list[Answers] = []
+    for process, proxy, database in itertools.product(PROCESS_MODELS, REVERSE_PROXIES, DATABASES):
+        targets = ["kubernetes"] if database["database"] == "sqlite" else ["kubernetes", "swarm"]
+        combinations.append(
+            {
+                "layout": LAYOUTS[len(combinations) % 2],
+                "process_model": process,
+                "reverse_proxy": proxy,
+                **database,
+                "deploy_targets": targets,
+            }
+        )
+    return combinations
+
+
 def combination_id(answers: Answers) -> str:
-    parts = [str(value) for key, value in answers.items() if key != "package_index"]
+    parts = [
+        "+".join(value) if isinstance(value, list) else str(value)
+        for key, value in answers.items()
+        if key != "package_index"
+    ]
     return "-".join(parts)
 
 

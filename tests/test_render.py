@@ -13,13 +13,18 @@ import yaml
 from tests.combinations import (
     Answers,
     combination_id,
+    deployment_combinations,
     every_combination,
     metrics_combinations,
     tls_combinations,
 )
 from tests.project import render
 
-COMBINATIONS = every_combination() + metrics_combinations() + tls_combinations()
+# The full product of the choice questions, then lists of their own for the answers that change
+# only some files (crossing them with everything would multiply the renders).
+COMBINATIONS = (
+    every_combination() + metrics_combinations() + tls_combinations() + deployment_combinations()
+)
 pytestmark = pytest.mark.xdist_group("render")
 
 LEFTOVER = re.compile(r"\{\{|\{%|%\}|\{#")
