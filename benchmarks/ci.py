@@ -25,8 +25,8 @@ from typing import Any
 import copier
 
 from tests.github import FAMILIES, schema_findings, zizmor_findings
-from tests.project import GIT_IDENTITY, git, snapshot, tool_env
-from tests.test_update import NEW, OLD, commit_all, copy_project, make_user_edits, release
+from tests.project import GIT_IDENTITY, snapshot, tool_env
+from tests.test_update import NEW, OLD, commit_all, copy_project, make_user_edits, tag_releases
 
 REPO = Path(__file__).resolve().parent.parent
 # The last commit before the hardened workflows: one CI workflow, no Dependabot.
@@ -65,14 +65,7 @@ def findings(root: Path) -> None:
 
 def releases(root: Path) -> Path:
     """The working tree tagged 0.1.0, and 0.2.0 with tests/test_update.py's release edits."""
-    repo = snapshot(REPO, root / "releases")
-    git(repo, "init", "--quiet")
-    commit_all(repo, "Release 0.1.0")
-    git(repo, "tag", OLD)
-    release(repo)
-    commit_all(repo, "Release 0.2.0")
-    git(repo, "tag", NEW)
-    return repo
+    return tag_releases(snapshot(REPO, root / "releases"))
 
 
 def timed(command: list[str], cwd: Path) -> float:

@@ -96,6 +96,8 @@ IMAGE_ANSWERS: dict[str, Answers] = {
 SINGLE = [key for key, answers in IMAGE_ANSWERS.items() if answers["process_model"] == "single"]
 WORKERS = [key for key, answers in IMAGE_ANSWERS.items() if answers["process_model"] == "workers"]
 
+# docker stop kills after 10 s: a graceful stop ends well before, even on a busy machine.
+GRACEFUL_SECONDS = 5.0
 SLOW_SECONDS = 1.5
 SLOW_FINISHED = "slow request finished"
 # Appended to the rendered app before building: the template has no slow endpoint, and the stop
@@ -326,11 +328,11 @@ def _env_leaks_in_layer(layer: IO[bytes], canary: str, seen: set[str]) -> list[s
 @pytest.mark.docker
 @DOCKER_GROUP
 @pytest.mark.parametrize("key", ALL)
-def test_docker_stop_ends_within_2_seconds(key: str, images: dict[str, Built]) -> None:
+def test_docker_stop_ends_well_before_the_kill(key: str, images: dict[str, Built]) -> None:
     with serving(images[key]) as name:
         stop_seconds = timed_stop(name)
         exit_code = docker("inspect", "-f", "{{.State.ExitCode}}", name).stdout.strip()
-    assert stop_seconds < 2.0, f"docker stop took {stop_seconds:.2f} s"
+    assert stop_seconds < GRACEFUL_SECONDS, f"docker stop took {stop_seconds:.2f} s"
     assert exit_code == "0", "the server shut down by itself, it was not killed"
 
 
@@ -343,7 +345,7 @@ def test_docker_stop_during_start_up_does_not_wait_for_the_kill(
     with container(images[key].tag) as name:
         stop_seconds = timed_stop(name)
         exit_code = docker("inspect", "-f", "{{.State.ExitCode}}", name).stdout.strip()
-    assert stop_seconds < 2.0, f"docker stop took {stop_seconds:.2f} s"
+    assert stop_seconds < GRACEFUL_SECONDS, f"docker stop took {stop_seconds:.2f} s"
     assert exit_code != "137", "killed after the stop timeout"
 
 
@@ -367,7 +369,7 @@ def test_request_in_flight_when_the_stop_arrives_completes(
         exit_code = docker("inspect", "-f", "{{.State.ExitCode}}", name).stdout.strip()
     assert rest == [b"done\n"], logs
     assert logs.index("Shutting down") < logs.index(SLOW_FINISHED), "it finished before the stop"
-    assert stop_seconds < SLOW_SECONDS + 2.0, f"docker stop took {stop_seconds:.2f} s"
+    assert stop_seconds < SLOW_SECONDS + GRACEFUL_SECONDS, f"docker stop took {stop_seconds:.2f} s"
     assert exit_code == "0", "the server shut down by itself, it was not killed"
 
 

@@ -14,6 +14,7 @@ import contextlib
 import json
 import re
 import shutil
+import ssl
 import subprocess
 import time
 import urllib.error
@@ -29,8 +30,9 @@ import pytest
 import yaml
 
 from tests.combinations import Answers
-from tests.docker import compose_stack, container, docker, free_subnet, require_engine, unique_name
+from tests.docker import compose_stack, container, docker, require_engine, unique_name
 from tests.project import free_port, http_get, render, stop, wait_for_http
+from tests.tls import TestCA
 
 pytestmark = [pytest.mark.docker, pytest.mark.xdist_group("operability")]
 
@@ -73,6 +75,11 @@ STACKS: dict[str, Answers] = {
         "metrics": "none",
     },
 }
+# The proxy stacks serve HTTPS for the default domain, localhost: Traefik with its self-signed
+# certificate, nginx with one the tests make. TLS itself is proven in test_https; here the
+# client only needs to get through.
+TLS_PROXIES = {"traefik", "nginx"}
+UNVERIFIED = ssl._create_unverified_context()
 ALLOWED_ORIGIN = "https://app.example.com"
 LOGGED_MESSAGE = "handled a logged request"
 # Appended to the rendered app before the build: a route that writes an application log line
@@ -108,8 +115,12 @@ class Stack:
     name: str
     port: int
 
+    @property
+    def tls(self) -> bool:
+        return self.answers["reverse_proxy"] in TLS_PROXIES
+
     def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}{path}"
 
     def compose(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return docker("compose", "-p", self.name, *args, cwd=self.project, check=check)
@@ -142,8 +153,10 @@ def stack(
         f"CORS_ORIGINS={ALLOWED_ORIGIN}",
         "UVICORN_TIMEOUT_WORKER_HEALTHCHECK=120",
     ]
-    if answers["reverse_proxy"] in {"traefik", "nginx"}:
-        settings.append(f"EDGE_SUBNET={free_subnet()}")
+    if answers["reverse_proxy"] in TLS_PROXIES:
+        settings += [f"HTTPS_PORT={port}", f"HTTP_PORT={free_port()}"]
+    if answers["reverse_proxy"] == "nginx":
+        TestCA().issue("localhost").write(project / "certs")
     with (project / ".env").open("a") as env:
         env.write("".join(f"{line}\n" for line in settings))
     # Likewise, a first health check may fail while the machine is busy: only a pass counts.
@@ -153,19 +166,34 @@ def stack(
     try:
         with compose_stack(project) as name:
             built = Stack(key, answers, project, name, port)
-            assert wait_for_http(built.url("/health"), timeout=120) == 200
+            assert wait_until_served(built, "/health", timeout=120) == 200
             yield built
     finally:
         docker("rmi", "-f", f"{answers['project_slug']}:latest", check=False)
 
 
 def get(url: str, headers: dict[str, str] | None = None, method: str = "GET") -> Any:
-    request = urllib.request.Request(url, headers=headers or {}, method=method)
+    """One request, as the proxy's domain (localhost) if it goes through TLS."""
+    tls = url.startswith("https:")
+    headers = {**({"Host": "localhost"} if tls else {}), **(headers or {})}
+    request = urllib.request.Request(url, headers=headers, method=method)
     try:
-        with urllib.request.urlopen(request, timeout=10) as response:
+        with urllib.request.urlopen(request, timeout=10, context=UNVERIFIED) as response:
             return response
     except urllib.error.HTTPError as error:
         return error
+
+
+def wait_until_served(stack: Stack, path: str, timeout: float) -> int:
+    """Poll the stack's published port until it answers; the status."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return int(get(stack.url(path)).status)
+        except (OSError, urllib.error.URLError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.3)
 
 
 def json_lines(lines: list[str]) -> list[dict[str, Any]]:

@@ -43,8 +43,8 @@ RELEASE_EDITS = [
     ),
     (
         "template/README.md.jinja",
-        "| `LOG_LEVEL` | `INFO` | Level of the JSON logs on stdout |\n",
-        "| `LOG_LEVEL` | `INFO` | Level of the JSON logs on stdout |\n"
+        "| `LOG_LEVEL` | `INFO` | Level of the JSON logs on stdout, Uvicorn's included |\n",
+        "| `LOG_LEVEL` | `INFO` | Level of the JSON logs on stdout, Uvicorn's included |\n"
         "| `DOCS_ENABLED` | `true` | Serve the interactive API docs at `/docs` |\n",
     ),
     # The renamed question: `author` becomes `maintainer`, and a migration carries the answer.
@@ -96,6 +96,12 @@ def releases(template: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The template as a git repository tagged 0.1.0 (the working tree) and 0.2.0 (later)."""
     repo = tmp_path_factory.mktemp("releases") / "template"
     shutil.copytree(template, repo)
+    return tag_releases(repo)
+
+
+def tag_releases(repo: Path) -> Path:
+    """Make the template copy in `repo` a git repository: its tree tagged 0.1.0, then 0.2.0 with
+    the release's edits."""
     git(repo, "init", "--quiet")
     commit_all(repo, "Release 0.1.0")
     git(repo, "tag", OLD)
