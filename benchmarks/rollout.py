@@ -2,10 +2,11 @@
 
     uv run python -m benchmarks.rollout
 
-Renders a PostgreSQL project with nginx in front and the Swarm target, per process model
+Renders a PostgreSQL project with nginx in front (HTTPS, a certificate of a throwaway CA) and
+the Swarm target, per process model
 (single, workers), builds its image, and deploys its stack with three replicas on this engine
 (joining a swarm only if the engine is in none, and leaving it then). Measured, while a bounded
-client sends GET /items through the proxy from two threads:
+client sends GET /items over HTTPS through the proxy from two threads:
 
 - rollout of a new image across the three replicas: seconds from `docker stack deploy` until
   every replica runs the new image and is healthy, requests served and failed meanwhile;
@@ -22,6 +23,7 @@ import time
 from pathlib import Path
 
 from tests.docker import docker, unique_name
+from tests.edge import DOMAIN
 from tests.project import render, snapshot
 from tests.swarm import (
     BROKEN_DOCKERFILE,
@@ -31,25 +33,26 @@ from tests.swarm import (
     derived_image,
     swarm_node,
 )
+from tests.tls import TestCA
 
 REPO = Path(__file__).resolve().parent.parent
 MODELS = ("single", "workers")
 ORDERS = ("start-first", "stop-first")
 
 
-def measure(project: Path, slug: str, order: str) -> dict[str, str]:
+def measure(project: Path, slug: str, order: str, ca: TestCA) -> dict[str, str]:
     if order != "start-first":
         stack_file = project / "deploy" / "swarm" / "stack.yaml"
         stack_file.write_text(
             stack_file.read_text().replace("order: start-first", f"order: {order}")
         )
-    stack = Stack(project, unique_name(slug).replace("-", ""))
+    stack = Stack(project, unique_name(slug).replace("-", ""), DOMAIN, ca.pem, project / "certs")
     good = f"{slug}:1"
     try:
         stack.deploy(good)
         stack.wait_converged(good, timeout=600)
         new = derived_image(good, RELEASE_DOCKERFILE.format(image=good, release=2))
-        client = Client(f"{stack.url}/items")
+        client = Client(lambda: stack.get("/items"))
         with client.running():
             started = time.monotonic()
             stack.deploy(new)
@@ -58,7 +61,7 @@ def measure(project: Path, slug: str, order: str) -> dict[str, str]:
             rollout = time.monotonic() - started
         rolled = (rollout, client.served, len(client.failed))
         broken = derived_image(new, BROKEN_DOCKERFILE.format(image=new))
-        client = Client(f"{stack.url}/items")
+        client = Client(lambda: stack.get("/items"))
         with client.running():
             started = time.monotonic()
             stack.deploy(broken)
@@ -79,6 +82,7 @@ def measure(project: Path, slug: str, order: str) -> dict[str, str]:
 
 def main() -> None:
     rows: list[tuple[str, str, dict[str, str]]] = []
+    ca = TestCA()
     with tempfile.TemporaryDirectory() as tmp, swarm_node() as node:
         template = snapshot(REPO, Path(tmp) / "template")
         for model in MODELS:
@@ -88,22 +92,23 @@ def main() -> None:
                 "database": "postgresql",
                 "migrations": True,
                 "process_model": model,
-                "workers": 2,
                 "reverse_proxy": "nginx",
+                "domain": DOMAIN,
                 "deploy_targets": ["swarm"],
                 "project_slug": slug,
             }
             render(template, project, answers, tasks=True)
+            ca.issue(DOMAIN).write(project / "certs")
             docker("build", "-t", f"{slug}:1", ".", cwd=project)
             docker("node", "update", "--label-add", f"{slug}.db=true", node)
             try:
                 for order in ORDERS:
-                    rows.append((model, order, measure(project, slug, order)))
+                    rows.append((model, order, measure(project, slug, order, ca)))
             finally:
                 docker("node", "update", "--label-rm", f"{slug}.db", node, check=False)
                 images = docker("images", "-q", "--filter", f"reference={slug}*").stdout.split()
                 docker("rmi", "-f", *images, check=False)
-    print("Swarm, 3 replicas, PostgreSQL, nginx in front; client: 2 threads of GET /items")
+    print("Swarm, 3 replicas, PostgreSQL, nginx in front (HTTPS); client: 2 threads of GET /items")
     print("(served/failed: during the rollout, then during the automatic rollback)")
     header = ["process model", "update order", *rows[0][2]] if rows else []
     print(" | ".join(header))

@@ -6,23 +6,28 @@ every stack, image and node label made here carries a unique name and is removed
 """
 
 import contextlib
+import http.client
 import json
 import os
 import subprocess
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.docker import DOCKER_ENV, docker, unique_name
 from tests.project import free_port
+from tests.tls import https_get
 
-# A broken release: the image of a good one whose server never starts (it sleeps instead), so
-# the health check of /health fails.
-BROKEN_DOCKERFILE = 'FROM {image}\nCMD ["python", "-c", "import time; time.sleep(900)"]\n'
+# A broken release: the image of a good one whose server never starts (its prestart.py, which
+# every command of the stack runs first, sleeps instead), so the health check of /health fails.
+BROKEN_DOCKERFILE = (
+    "FROM {image}\n"
+    "USER root\n"
+    "RUN printf 'import time\\ntime.sleep(900)\\n' > prestart.py\n"
+    "USER 10001:10001\n"
+)
 # A new release of the same code: another image (so every replica is replaced).
 RELEASE_DOCKERFILE = "FROM {image}\nLABEL release={release}\n"
 
@@ -58,19 +63,29 @@ def derived_image(base: str, dockerfile: str) -> str:
 
 @dataclass
 class Stack:
-    """A stack deployed from a project's deploy/swarm/stack.yaml."""
+    """A stack deployed from a project's deploy/swarm/stack.yaml, its proxy (nginx, serving the
+    certificate in `tls_dir` for `domain`) published in host mode on free ports."""
 
     project: Path
     name: str
-    port: int = field(default_factory=free_port)
-    subnet: str = "10.241.0.0/24"
+    domain: str
+    ca_pem: bytes
+    tls_dir: Path
+    http_port: int = field(default_factory=free_port)
+    https_port: int = field(default_factory=free_port)
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+    def get(self, path: str) -> int:
+        """The status of an HTTPS request through the proxy, verified against the test CA."""
+        return https_get(self.https_port, self.domain, self.ca_pem, path).status
 
     def deploy(self, image: str) -> None:
-        env = {**os.environ, "IMAGE": image, "APP_PORT": str(self.port), "EDGE_SUBNET": self.subnet}
+        env = {
+            **os.environ,
+            "IMAGE": image,
+            "HTTP_PORT": str(self.http_port),
+            "HTTPS_PORT": str(self.https_port),
+            "TLS_DIR": str(self.tls_dir),
+        }
         stack_file = self.project / "deploy" / "swarm" / "stack.yaml"
         command = ["docker", "stack", "deploy", "--resolve-image", "never", "-c"]
         result = subprocess.run(
@@ -130,8 +145,14 @@ class Stack:
         )
 
     def logs(self, service: str) -> str:
-        result = docker("service", "logs", "--raw", self.service(service), check=False)
-        return result.stdout + result.stderr
+        """The output of every container the service ran, exited ones included (`docker
+        service logs` can hang on a task whose container is gone)."""
+        label = f"label=com.docker.swarm.service.name={self.service(service)}"
+        output = []
+        for container in docker("ps", "-aq", "--filter", label).stdout.split():
+            result = docker("logs", container, check=False, timeout=60)
+            output.append(result.stdout + result.stderr)
+        return "".join(output)
 
     def containers(self) -> list[str]:
         label = f"label=com.docker.stack.namespace={self.name}"
@@ -144,10 +165,10 @@ class Stack:
 
 @dataclass
 class Client:
-    """Sends GET requests through the proxy from a few threads until stopped (at most
-    `limit` requests and `seconds` seconds); counts what succeeded and what failed."""
+    """Sends requests (`request` returns a status) from a few threads until stopped, at most
+    `limit` requests and `seconds` seconds; counts what succeeded and what failed."""
 
-    url: str
+    request: Callable[[], int]
     threads: int = 2
     limit: int = 20_000
     seconds: float = 400
@@ -163,13 +184,10 @@ class Client:
                 if self.served + len(self.failed) >= self.limit:
                     return
             try:
-                with urllib.request.urlopen(self.url, timeout=10) as response:
-                    response.read()
-                    ok, reason = response.status == 200, str(response.status)
-            except urllib.error.HTTPError as error:
-                ok, reason = False, f"HTTP {error.code}"
-            except OSError as error:
-                ok, reason = False, str(error)
+                status = self.request()
+                ok, reason = status == 200, f"HTTP {status}"
+            except (OSError, http.client.HTTPException) as error:
+                ok, reason = False, repr(error)
             with self._lock:
                 if ok:
                     self.served += 1

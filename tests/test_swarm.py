@@ -1,10 +1,11 @@
 """The Docker Swarm target, deployed for real on this engine.
 
-A PostgreSQL project with nginx in front is deployed as a stack with three replicas: the
-migration runs once (the `migrate` service), the replicas wait for it, the secret reaches them
-as a file and is in no container's `docker inspect`. A new image rolls out one replica at a time,
-start-first, while a client keeps sending requests through the proxy: none fails. An image whose
-health check fails rolls back by itself, and the service answers all along.
+A PostgreSQL project with nginx in front (HTTPS, with a certificate of the test CA) is
+deployed as a stack with three replicas: the migration runs once (the `migrate` service), the
+replicas wait for it, the secret reaches them as a file and is in no container's `docker
+inspect`. A new image rolls out one replica at a time, start-first, while a client keeps
+sending requests through the proxy: none fails. An image whose health check fails rolls back by
+itself, and the service answers all along.
 """
 
 import json
@@ -14,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from tests.docker import docker, require_engine, unique_name
-from tests.project import http_get, render
+from tests.edge import DOMAIN
+from tests.project import render
 from tests.swarm import (
     BROKEN_DOCKERFILE,
     RELEASE_DOCKERFILE,
@@ -23,6 +25,7 @@ from tests.swarm import (
     derived_image,
     swarm_node,
 )
+from tests.tls import TestCA
 
 pytestmark = [pytest.mark.docker, pytest.mark.xdist_group("swarm")]
 
@@ -31,6 +34,7 @@ ANSWERS = {
     "migrations": True,
     "process_model": "single",
     "reverse_proxy": "nginx",
+    "domain": DOMAIN,
     "deploy_targets": ["swarm"],
 }
 UPGRADE_LINE = "Running upgrade  -> 0001"
@@ -43,12 +47,14 @@ def deployed(template: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     slug = unique_name("tt-swarm")
     project = tmp_path_factory.mktemp("swarm") / "project"
     render(template, project, {**ANSWERS, "project_slug": slug}, tasks=True)
+    ca = TestCA()
+    ca.issue(DOMAIN).write(project / "certs")
     image = f"{slug}:1"
     docker("build", "-t", image, ".", cwd=project)
     with swarm_node() as node:
         label = f"{slug}.db=true"
         docker("node", "update", "--label-add", label, node)
-        stack = Stack(project, slug.replace("-", ""))
+        stack = Stack(project, slug.replace("-", ""), DOMAIN, ca.pem, project / "certs")
         try:
             stack.deploy(image)
             stack.wait_converged(image, timeout=900)  # a cold start on a loaded machine
@@ -61,7 +67,7 @@ def deployed(template: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 
 
 def test_three_replicas_answer_through_the_proxy_after_one_migration(deployed: Stack) -> None:
-    assert http_get(f"{deployed.url}/ready")[0] == 200
+    assert deployed.get("/ready") == 200
     assert deployed.logs("migrate").count(UPGRADE_LINE) == 1
     assert UPGRADE_LINE not in deployed.logs("app"), "the replicas do not migrate"
     tasks = docker("service", "ps", "--format", "{{.CurrentState}}", deployed.service("migrate"))
@@ -84,7 +90,7 @@ def test_secret_is_a_file_of_the_app_user_and_in_no_inspect(deployed: Stack) -> 
 def test_rollout_of_a_new_image_fails_no_request(deployed: Stack) -> None:
     base = current_image(deployed)
     new = derived_image(base, RELEASE_DOCKERFILE.format(image=base, release=2))
-    client = Client(f"{deployed.url}/items")
+    client = Client(lambda: deployed.get("/items"))
     with client.running():
         deployed.deploy(new)
         deployed.wait_until(lambda: deployed.update_state() == "completed", "rollout completed")
@@ -98,7 +104,7 @@ def test_broken_image_rolls_back_by_itself_and_the_service_keeps_answering(
 ) -> None:
     good = current_image(deployed)
     broken = derived_image(good, BROKEN_DOCKERFILE.format(image=good))
-    client = Client(f"{deployed.url}/items")
+    client = Client(lambda: deployed.get("/items"))
     with client.running():
         deployed.deploy(broken)
         deployed.wait_until(
@@ -107,7 +113,7 @@ def test_broken_image_rolls_back_by_itself_and_the_service_keeps_answering(
         deployed.wait_converged(good)
     assert client.served > 50
     assert client.failed == [], client.failed[:10]
-    assert http_get(f"{deployed.url}/ready")[0] == 200
+    assert deployed.get("/ready") == 200
 
 
 def current_image(stack: Stack) -> str:
