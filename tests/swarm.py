@@ -9,6 +9,8 @@ import contextlib
 import http.client
 import json
 import os
+import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -63,20 +65,36 @@ def derived_image(base: str, dockerfile: str) -> str:
 
 @dataclass
 class Stack:
-    """A stack deployed from a project's deploy/swarm/stack.yaml, its proxy (nginx, serving the
-    certificate in `tls_dir` for `domain`) published in host mode on free ports."""
+    """A stack deployed from a project's deploy/swarm/stack.yaml, its proxy published in host
+    mode on free ports. nginx serves the certificate in `tls_dir`, verified against `ca_pem`;
+    without them, the proxy's own certificate (Traefik's default, Caddy's local CA) is taken
+    unverified."""
 
     project: Path
     name: str
-    domain: str
-    ca_pem: bytes
-    tls_dir: Path
+    domain: str = "localhost"
+    ca_pem: bytes | None = None
+    tls_dir: Path | None = None
     http_port: int = field(default_factory=free_port)
     https_port: int = field(default_factory=free_port)
 
     def get(self, path: str) -> int:
-        """The status of an HTTPS request through the proxy, verified against the test CA."""
-        return https_get(self.https_port, self.domain, self.ca_pem, path).status
+        """The status of an HTTPS request through the proxy, for `domain` (SNI and Host)."""
+        if self.ca_pem is not None:
+            return https_get(self.https_port, self.domain, self.ca_pem, path).status
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        raw = socket.create_connection(("127.0.0.1", self.https_port), timeout=10)
+        connection = http.client.HTTPConnection(self.domain, self.https_port, timeout=10)
+        connection.sock = context.wrap_socket(raw, server_hostname=self.domain)
+        try:
+            connection.request("GET", path, headers={"Host": self.domain})
+            response = connection.getresponse()
+            response.read()
+            return response.status
+        finally:
+            connection.close()
 
     def deploy(self, image: str) -> None:
         env = {
@@ -84,7 +102,7 @@ class Stack:
             "IMAGE": image,
             "HTTP_PORT": str(self.http_port),
             "HTTPS_PORT": str(self.https_port),
-            "TLS_DIR": str(self.tls_dir),
+            **({"TLS_DIR": str(self.tls_dir)} if self.tls_dir else {}),
         }
         stack_file = self.project / "deploy" / "swarm" / "stack.yaml"
         command = ["docker", "stack", "deploy", "--resolve-image", "never", "-c"]

@@ -9,6 +9,8 @@ itself, and the service answers all along.
 """
 
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,7 +27,9 @@ from tests.swarm import (
     derived_image,
     swarm_node,
 )
-from tests.tls import TestCA
+from tests.tls import TestCA, http_get_as
+
+REPO = Path(__file__).resolve().parent.parent
 
 pytestmark = [pytest.mark.docker, pytest.mark.xdist_group("swarm")]
 
@@ -120,3 +124,31 @@ def current_image(stack: Stack) -> str:
     images = set(stack.running_images())
     assert len(images) == 1, images
     return images.pop()
+
+
+@pytest.mark.parametrize("proxy", ["traefik", "caddy"])
+def test_traefik_and_caddy_serve_https_in_front_of_the_replicas(
+    proxy: str, deployed: Stack, template: Path, tmp_path: Path
+) -> None:
+    """The other proxies' stack form, for localhost: HTTPS with their own certificate, HTTP
+    redirected, the replicas reached over the edge network. The app's image is the one above
+    (the proxy answer does not change it)."""
+    slug = unique_name(f"tt-swarm-{proxy}")
+    answers = {**ANSWERS, "reverse_proxy": proxy, "project_slug": slug}
+    del answers["domain"]
+    project = render(template, tmp_path / "project", answers)
+    write_secrets = [sys.executable, str(REPO / "hooks" / "write_secrets.py"), "postgres_password"]
+    subprocess.run(write_secrets, cwd=project, check=True, capture_output=True)
+    node = docker("info", "--format", "{{.Swarm.NodeID}}").stdout.strip()
+    docker("node", "update", "--label-add", f"{slug}.db=true", node)
+    stack = Stack(project, slug.replace("-", ""))
+    image = current_image(deployed)
+    try:
+        stack.deploy(image)
+        stack.wait_converged(image, timeout=600)
+        assert stack.get("/ready") == 200
+        status, headers = http_get_as(stack.http_port, "localhost", "/health")
+        assert status in (301, 308) and headers["Location"].startswith("https://localhost")
+    finally:
+        stack.remove()
+        docker("node", "update", "--label-rm", f"{slug}.db", node, check=False)
