@@ -146,7 +146,8 @@ def test_traefik_and_caddy_serve_https_in_front_of_the_replicas(
     try:
         stack.deploy(image)
         stack.wait_converged(image, timeout=600)
-        assert stack.get("/ready") == 200
+        # Traefik checks its backend every 10 s; it may not have seen the replicas up yet.
+        stack.wait_until(lambda: stack.get("/ready") == 200, "the app through the proxy", 60)
         status, headers = http_get_as(stack.http_port, "localhost", "/health")
         assert status in (301, 308) and headers["Location"].startswith("https://localhost")
     finally:
