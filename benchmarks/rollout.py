@@ -31,6 +31,7 @@ from tests.swarm import (
     Client,
     Stack,
     derived_image,
+    remove_images,
     swarm_node,
 )
 from tests.tls import TestCA
@@ -106,8 +107,7 @@ def main() -> None:
                     rows.append((model, order, measure(project, slug, order, ca)))
             finally:
                 docker("node", "update", "--label-rm", f"{slug}.db", node, check=False)
-                images = docker("images", "-q", "--filter", f"reference={slug}*").stdout.split()
-                docker("rmi", "-f", *images, check=False)
+                remove_images(slug)
     print("Swarm, 3 replicas, PostgreSQL, nginx in front (HTTPS); client: 2 threads of GET /items")
     print("(served/failed: during the rollout, then during the automatic rollback)")
     header = ["process model", "update order", *rows[0][2]] if rows else []

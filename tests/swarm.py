@@ -63,6 +63,15 @@ def derived_image(base: str, dockerfile: str) -> str:
     return tag
 
 
+def remove_images(prefix: str) -> None:
+    """Remove the images named prefix*; derived ones first (a parent with children stays)."""
+    for _ in range(3):
+        images = docker("images", "-q", "--filter", f"reference={prefix}*").stdout.split()
+        if not images:
+            return
+        docker("rmi", "-f", *dict.fromkeys(images), check=False)
+
+
 @dataclass
 class Stack:
     """A stack deployed from a project's deploy/swarm/stack.yaml, its proxy published in host
@@ -125,8 +134,12 @@ class Stack:
             if not left and not networks:
                 break
             time.sleep(1)
-        for volume in docker("volume", "ls", "-q", "--filter", label).stdout.split():
-            docker("volume", "rm", "-f", volume, check=False)
+        # A volume is freed a moment after its container is gone.
+        for _ in range(10):
+            volumes = docker("volume", "ls", "-q", "--filter", label).stdout.split()
+            if not volumes or docker("volume", "rm", "-f", *volumes, check=False).returncode == 0:
+                break
+            time.sleep(2)
 
     def service(self, name: str) -> str:
         return f"{self.name}_{name}"

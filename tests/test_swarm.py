@@ -25,6 +25,7 @@ from tests.swarm import (
     Client,
     Stack,
     derived_image,
+    remove_images,
     swarm_node,
 )
 from tests.tls import TestCA, http_get_as
@@ -66,8 +67,7 @@ def deployed(template: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         finally:
             stack.remove()
             docker("node", "update", "--label-rm", f"{slug}.db", node, check=False)
-            images = docker("images", "-q", "--filter", f"reference={slug}*").stdout.split()
-            docker("rmi", "-f", *images, check=False)
+            remove_images(slug)
 
 
 def test_three_replicas_answer_through_the_proxy_after_one_migration(deployed: Stack) -> None:
