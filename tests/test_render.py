@@ -109,7 +109,7 @@ def test_combination_renders_clean(
         elif path.suffix == ".toml":
             tomllib.loads(text)
         elif path.suffix in {".yml", ".yaml"}:
-            yaml.safe_load(text)
+            list(yaml.safe_load_all(text))  # Kubernetes manifests hold several documents
     problems += ruff_findings.get(project.name, [])
     assert not problems, "\n".join(problems)
 
