@@ -86,8 +86,38 @@ def tls_combinations() -> list[Answers]:
     ]
 
 
+def deployment_combinations() -> list[Answers]:
+    """Every answer that changes what the deployment targets render (database, process model,
+    proxy), with both targets where both can be chosen; layouts alternate, and so do the HTTPS
+    answers of the proxies that terminate TLS (localhost, or a public domain)."""
+    combinations: list[Answers] = []
+    proxies = [*REVERSE_PROXIES, "caddy"]
+    for process, proxy, database in itertools.product(PROCESS_MODELS, proxies, DATABASES):
+        targets = ["kubernetes"] if database["database"] == "sqlite" else ["kubernetes", "swarm"]
+        https: Answers = {}
+        if proxy in ("traefik", "caddy", "nginx") and len(combinations) // 2 % 2:
+            https = {"domain": "api.example.com"}
+            if proxy != "nginx":
+                https["acme_email"] = "ops@example.com"
+        combinations.append(
+            {
+                "layout": LAYOUTS[len(combinations) % 2],
+                "process_model": process,
+                "reverse_proxy": proxy,
+                **https,
+                **database,
+                "deploy_targets": targets,
+            }
+        )
+    return combinations
+
+
 def combination_id(answers: Answers) -> str:
-    parts = [str(value) for key, value in answers.items() if key != "package_index"]
+    parts = [
+        "+".join(value) if isinstance(value, list) else str(value)
+        for key, value in answers.items()
+        if key != "package_index"
+    ]
     return "-".join(parts)
 
 

@@ -13,13 +13,18 @@ import yaml
 from tests.combinations import (
     Answers,
     combination_id,
+    deployment_combinations,
     every_combination,
     metrics_combinations,
     tls_combinations,
 )
 from tests.project import render
 
-COMBINATIONS = every_combination() + metrics_combinations() + tls_combinations()
+# The full product of the choice questions, then lists of their own for the answers that change
+# only some files (crossing them with everything would multiply the renders).
+COMBINATIONS = (
+    every_combination() + metrics_combinations() + tls_combinations() + deployment_combinations()
+)
 pytestmark = pytest.mark.xdist_group("render")
 
 LEFTOVER = re.compile(r"\{\{|\{%|%\}|\{#")
@@ -104,7 +109,7 @@ def test_combination_renders_clean(
         elif path.suffix == ".toml":
             tomllib.loads(text)
         elif path.suffix in {".yml", ".yaml"}:
-            yaml.safe_load(text)
+            list(yaml.safe_load_all(text))  # Kubernetes manifests hold several documents
     problems += ruff_findings.get(project.name, [])
     assert not problems, "\n".join(problems)
 

@@ -439,7 +439,7 @@ def test_changed_answer_leaves_the_project_a_fresh_copy_would_be(
     change: str, changed: Callable[[str], tuple[Path, Path]]
 ) -> None:
     project, fresh = changed(change)
-    made_by_tasks = {".env", "uv.lock"}
+    made_by_tasks = {".env", "uv.lock", "secrets/postgres_password"}
     assert relative_files(project) - made_by_tasks == relative_files(fresh)
     for name in sorted(relative_files(fresh)):
         assert (project / name).read_text() == (fresh / name).read_text(), name
@@ -472,6 +472,8 @@ def test_changed_answer_completes_env_and_keeps_secrets_out_of_answers(
     example, env = variables(project / ".env.example"), variables(project / ".env")
     assert example.keys() <= env.keys()
     secrets = [env[name] for name, value in example.items() if value == "change-me"]
+    secret_files = sorted(project.glob("**/secrets/postgres_password"))
+    secrets += [path.read_text().strip() for path in secret_files]
     assert secrets or answers(project)["database"] != "postgresql"
     recorded = (project / ".copier-answers.yml").read_text()
     assert all(secret != "change-me" and secret not in recorded for secret in secrets)

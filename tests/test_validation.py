@@ -73,6 +73,10 @@ BAD_ANSWERS = [
     ({"package_index": "https://user:secret@pypi.example.com/simple/"}, "package_index"),
     ({"package_index": "http://pypi.example.com/simple/"}, "package_index"),
     ({"package_index": "https://pypi.example.com/packages/"}, "package_index"),
+    ({"deploy_targets": '["nomad"]'}, "deploy_targets"),
+    # Swarm replicates and replaces the app start-first; SQLite is one file on one node.
+    ({"database": "sqlite", "deploy_targets": '["kubernetes", "swarm"]'}, "deploy_targets"),
+    ({"deploy_targets": '["kubernetes"]', "ingress_class": "Nginx_Ingress"}, "ingress_class"),
 ]
 
 

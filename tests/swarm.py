@@ -1,0 +1,239 @@
+"""Drive a Docker Swarm stack of a generated project: deploy, roll out, watch, and a client that
+sends requests all along. Shared by tests/test_swarm.py and benchmarks/rollout.py.
+
+The engine is shared: the node joins a swarm only if it is in none, and leaves it only then;
+every stack, image and node label made here carries a unique name and is removed afterwards.
+"""
+
+import contextlib
+import http.client
+import json
+import os
+import socket
+import ssl
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.docker import DOCKER_ENV, docker, unique_name
+from tests.project import free_port
+from tests.tls import https_get
+
+# A broken release: the image of a good one whose server never starts (its prestart.py, which
+# every command of the stack runs first, sleeps instead), so the health check of /health fails.
+BROKEN_DOCKERFILE = (
+    "FROM {image}\n"
+    "USER root\n"
+    "RUN printf 'import time\\ntime.sleep(900)\\n' > prestart.py\n"
+    "USER 10001:10001\n"
+)
+# A new release of the same code: another image (so every replica is replaced).
+RELEASE_DOCKERFILE = "FROM {image}\nLABEL release={release}\n"
+
+
+@contextlib.contextmanager
+def swarm_node() -> Iterator[str]:
+    """This engine as a swarm manager; yields the node id. Leaves only a swarm it made."""
+    state = docker("info", "--format", "{{.Swarm.LocalNodeState}}").stdout.strip()
+    created = state == "inactive"
+    if created:
+        docker("swarm", "init", "--advertise-addr", "127.0.0.1")
+    try:
+        yield docker("info", "--format", "{{.Swarm.NodeID}}").stdout.strip()
+    finally:
+        if created:
+            docker("swarm", "leave", "--force", check=False)
+
+
+def derived_image(base: str, dockerfile: str) -> str:
+    """An image built FROM the base with this Dockerfile text (no context)."""
+    tag = f"{unique_name(base.split(':')[0])}:latest"  # as a service's containers name it
+    subprocess.run(
+        ["docker", "build", "-q", "-t", tag, "-"],
+        input=dockerfile,
+        env={**os.environ, **DOCKER_ENV},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    )
+    return tag
+
+
+def remove_images(prefix: str) -> None:
+    """Remove the images named prefix*; derived ones first (a parent with children stays)."""
+    for _ in range(3):
+        images = docker("images", "-q", "--filter", f"reference={prefix}*").stdout.split()
+        if not images:
+            return
+        docker("rmi", "-f", *dict.fromkeys(images), check=False)
+
+
+@dataclass
+class Stack:
+    """A stack deployed from a project's deploy/swarm/stack.yaml, its proxy published in host
+    mode on free ports. nginx serves the certificate in `tls_dir`, verified against `ca_pem`;
+    without them, the proxy's own certificate (Traefik's default, Caddy's local CA) is taken
+    unverified."""
+
+    project: Path
+    name: str
+    domain: str = "localhost"
+    ca_pem: bytes | None = None
+    tls_dir: Path | None = None
+    http_port: int = field(default_factory=free_port)
+    https_port: int = field(default_factory=free_port)
+
+    def get(self, path: str) -> int:
+        """The status of an HTTPS request through the proxy, for `domain` (SNI and Host)."""
+        if self.ca_pem is not None:
+            return https_get(self.https_port, self.domain, self.ca_pem, path).status
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        raw = socket.create_connection(("127.0.0.1", self.https_port), timeout=10)
+        connection = http.client.HTTPConnection(self.domain, self.https_port, timeout=10)
+        connection.sock = context.wrap_socket(raw, server_hostname=self.domain)
+        try:
+            connection.request("GET", path, headers={"Host": self.domain})
+            response = connection.getresponse()
+            response.read()
+            return response.status
+        finally:
+            connection.close()
+
+    def deploy(self, image: str) -> None:
+        env = {
+            **os.environ,
+            "IMAGE": image,
+            "HTTP_PORT": str(self.http_port),
+            "HTTPS_PORT": str(self.https_port),
+            **({"TLS_DIR": str(self.tls_dir)} if self.tls_dir else {}),
+        }
+        stack_file = self.project / "deploy" / "swarm" / "stack.yaml"
+        command = ["docker", "stack", "deploy", "--resolve-image", "never", "-c"]
+        result = subprocess.run(
+            [*command, str(stack_file), self.name],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+
+    def remove(self) -> None:
+        docker("stack", "rm", self.name, check=False)
+        deadline = time.monotonic() + 90
+        label = f"label=com.docker.stack.namespace={self.name}"
+        while time.monotonic() < deadline:
+            left = docker("ps", "-aq", "--filter", label).stdout.split()
+            networks = docker("network", "ls", "-q", "--filter", label).stdout.split()
+            if not left and not networks:
+                break
+            time.sleep(1)
+        # A volume is freed a moment after its container is gone.
+        for _ in range(10):
+            volumes = docker("volume", "ls", "-q", "--filter", label).stdout.split()
+            if not volumes or docker("volume", "rm", "-f", *volumes, check=False).returncode == 0:
+                break
+            time.sleep(2)
+
+    def service(self, name: str) -> str:
+        return f"{self.name}_{name}"
+
+    def update_state(self, service: str = "app") -> str:
+        found = docker(
+            "service", "inspect", self.service(service), "--format", "{{json .UpdateStatus}}"
+        )
+        status = json.loads(found.stdout or "null")
+        return status.get("State", "") if status else ""
+
+    def running_images(self, service: str = "app") -> list[str]:
+        """Images of the service's containers that are up and healthy."""
+        label = f"label=com.docker.swarm.service.name={self.service(service)}"
+        ids = docker("ps", "-q", "--filter", label, "--filter", "health=healthy").stdout.split()
+        if not ids:
+            return []
+        found = docker("inspect", "--format", "{{.Config.Image}}", *ids).stdout.split()
+        return [image.split("@")[0] for image in found]
+
+    def wait_until(self, predicate: Callable[[], bool], what: str, timeout: float = 300) -> float:
+        started = time.monotonic()
+        while not predicate():
+            if time.monotonic() - started > timeout:
+                raise AssertionError(f"{what}: not within {timeout} s\n{self.diagnose()}")
+            time.sleep(0.5)
+        return time.monotonic() - started
+
+    def wait_converged(self, image: str, replicas: int = 3, timeout: float = 300) -> float:
+        return self.wait_until(
+            lambda: self.running_images() == [image] * replicas,
+            f"{replicas} healthy replicas of {image}",
+            timeout,
+        )
+
+    def logs(self, service: str) -> str:
+        """The output of every container the service ran, exited ones included (`docker
+        service logs` can hang on a task whose container is gone)."""
+        label = f"label=com.docker.swarm.service.name={self.service(service)}"
+        output = []
+        for container in docker("ps", "-aq", "--filter", label).stdout.split():
+            result = docker("logs", container, check=False, timeout=60)
+            output.append(result.stdout + result.stderr)
+        return "".join(output)
+
+    def containers(self) -> list[str]:
+        label = f"label=com.docker.stack.namespace={self.name}"
+        return docker("ps", "-aq", "--filter", label).stdout.split()
+
+    def diagnose(self) -> str:
+        tasks = docker("stack", "ps", "--no-trunc", self.name, check=False).stdout
+        return tasks + "\n" + self.logs("app")[-3000:]
+
+
+@dataclass
+class Client:
+    """Sends requests (`request` returns a status) from a few threads until stopped, at most
+    `limit` requests and `seconds` seconds; counts what succeeded and what failed."""
+
+    request: Callable[[], int]
+    threads: int = 2
+    limit: int = 20_000
+    seconds: float = 400
+    served: int = 0
+    failed: list[str] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def _run(self) -> None:
+        deadline = time.monotonic() + self.seconds
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            with self._lock:
+                if self.served + len(self.failed) >= self.limit:
+                    return
+            try:
+                status = self.request()
+                ok, reason = status == 200, f"HTTP {status}"
+            except (OSError, http.client.HTTPException) as error:
+                ok, reason = False, repr(error)
+            with self._lock:
+                if ok:
+                    self.served += 1
+                else:
+                    self.failed.append(reason)
+            time.sleep(0.05)
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator["Client"]:
+        workers = [threading.Thread(target=self._run) for _ in range(self.threads)]
+        for worker in workers:
+            worker.start()
+        try:
+            yield self
+        finally:
+            self._stop.set()
+            for worker in workers:
+                worker.join()
