@@ -9,6 +9,8 @@ stops the app at start, naming the setting.
 """
 
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,3 +142,21 @@ def test_unreadable_secret_file_stops_the_app_naming_the_setting(
     assert "Cannot read the secret POSTGRES_PASSWORD" in output, output
     assert "Permission denied" in output
     assert "Traceback" not in output and "Waiting for database" not in output
+
+
+def test_a_secret_kept_in_env_before_moves_to_its_file_unchanged(tmp_path: Path) -> None:
+    """An update of a project made before secrets were files: the database volume was set up
+    with .env's POSTGRES_PASSWORD, so the new file must hold that same value."""
+    (tmp_path / "secrets").mkdir()
+    (tmp_path / "secrets/.gitignore").write_text("*\n!.gitignore\n")
+    (tmp_path / ".env").write_text("# Database\nPOSTGRES_PASSWORD=kept-from-before\n")
+    hook = Path(__file__).parent.parent / "hooks/write_secrets.py"
+    result = subprocess.run(
+        [sys.executable, str(hook), "postgres_password"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert (tmp_path / "secrets/postgres_password").read_text() == "kept-from-before\n"
+    assert "POSTGRES_PASSWORD come from .env" in result.stdout
