@@ -79,6 +79,42 @@ def _text_files(project: Path) -> list[Path]:
     return [path for path in project.rglob("*") if path.is_file()]
 
 
+def compose_reference_problems(compose: Path) -> list[str]:
+    """What `docker compose config` would refuse in how the file's parts refer to each other:
+    top-level sections that are not mappings, and services naming an undeclared volume, secret
+    or network."""
+    config = yaml.safe_load(compose.read_text())
+    problems = [
+        f"compose.yaml: top-level {section} is not a mapping"
+        for section in ("services", "volumes", "secrets", "networks")
+        if section in config and not isinstance(config[section], dict)
+    ]
+    if problems:
+        return problems
+    for name, service in config["services"].items():
+        build = service.get("build")
+        build_secrets = build.get("secrets", []) if isinstance(build, dict) else []
+        used = {
+            "volumes": [
+                volume.split(":")[0] if isinstance(volume, str) else volume.get("source", "")
+                for volume in service.get("volumes", [])
+            ],
+            "secrets": [
+                secret if isinstance(secret, str) else secret["source"]
+                for secret in [*service.get("secrets", []), *build_secrets]
+            ],
+            "networks": list(service.get("networks", [])),
+        }
+        for section, names in used.items():
+            declared = config.get(section) or {}
+            for used_name in names:
+                # Bind mounts name a path; every stack has the network `default`.
+                local = used_name.startswith((".", "/", "$")) or used_name in {"", "default"}
+                if not local and used_name not in declared:
+                    problems.append(f"compose.yaml: {name} uses undeclared {section} {used_name}")
+    return problems
+
+
 @pytest.mark.parametrize("answers", COMBINATIONS, ids=combination_id)
 def test_combination_renders_clean(
     answers: Answers, rendered: dict[str, Path], ruff_findings: dict[str, list[str]]
@@ -110,6 +146,7 @@ def test_combination_renders_clean(
             tomllib.loads(text)
         elif path.suffix in {".yml", ".yaml"}:
             list(yaml.safe_load_all(text))  # Kubernetes manifests hold several documents
+    problems += compose_reference_problems(project / "compose.yaml")
     problems += ruff_findings.get(project.name, [])
     assert not problems, "\n".join(problems)
 
