@@ -531,8 +531,14 @@ def test_missing_password_stops_start_up_naming_the_variable(
     projects: dict[str, Project],
 ) -> None:
     project = projects["postgres_migrations"]
+    # The password is a secret file: none in an empty secrets directory, none in the environment.
+    no_secrets = project.root / "no-secrets"
+    no_secrets.mkdir(exist_ok=True)
     env = project_env(
-        POSTGRES_HOST="127.0.0.1", POSTGRES_PORT=str(free_port()), DB_WAIT_TIMEOUT="60"
+        POSTGRES_HOST="127.0.0.1",
+        POSTGRES_PORT=str(free_port()),
+        DB_WAIT_TIMEOUT="60",
+        SECRETS_DIR=str(no_secrets),
     )
     elapsed, result = start_and_finish(project, env)
     assert result.returncode != 0
