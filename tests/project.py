@@ -106,10 +106,21 @@ def ci_check_steps(project: Path) -> list[dict[str, Any]]:
 
 
 def readme_block(readme: str, section: str) -> list[str]:
-    """The command lines of the first sh block under a `## ` heading of a README."""
+    """The commands of the first sh block under a `## ` heading of a README, one per item (a
+    command continued with a trailing backslash joined into one line)."""
     text = readme[readme.index(f"\n## {section}\n") :]
     block = text[text.index("```sh\n") + len("```sh\n") :]
-    return block[: block.index("```")].splitlines()
+    commands: list[str] = []
+    continued = False
+    for line in block[: block.index("```")].splitlines():
+        if continued:
+            commands[-1] += " " + line.strip()
+        else:
+            commands.append(line)
+        continued = commands[-1].endswith("\\")
+        if continued:
+            commands[-1] = commands[-1][:-1].rstrip()
+    return commands
 
 
 def free_port() -> int:
