@@ -249,8 +249,10 @@ def container_logs(name: str) -> str:
 
 
 def processes(name: str) -> list[Process]:
+    """The container's processes, less the listing itself and `runc init`: the start of a
+    concurrent exec, such as the image's healthcheck."""
     listing = docker("exec", name, "python", "-c", PROCESS_LIST).stdout
-    return [Process(*row) for row in json.loads(listing)]
+    return [Process(*row) for row in json.loads(listing) if row[2] != "runc init"]
 
 
 def worker_pids(name: str) -> set[int]:
