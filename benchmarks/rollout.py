@@ -26,6 +26,7 @@ from tests.docker import docker, unique_name
 from tests.edge import DOMAIN
 from tests.project import render, snapshot
 from tests.swarm import (
+    ANSWERS,
     BROKEN_DOCKERFILE,
     RELEASE_DOCKERFILE,
     Client,
@@ -41,6 +42,21 @@ MODELS = ("single", "workers")
 ORDERS = ("start-first", "stop-first")
 
 
+def timed_update(
+    stack: Stack, image: str, state: str, back_on: str, timeout: float
+) -> tuple[float, int, int]:
+    """Deploy `image` while the client runs, until the update reaches `state` and every replica
+    runs `back_on`: the seconds it took, and the requests served and failed meanwhile."""
+    client = Client(lambda: stack.get("/items"))
+    with client.running():
+        started = time.monotonic()
+        stack.deploy(image)
+        stack.wait_until(lambda: stack.update_state() == state, state, timeout)
+        stack.wait_converged(back_on, timeout=600)
+        seconds = time.monotonic() - started
+    return seconds, client.served, len(client.failed)
+
+
 def measure(project: Path, slug: str, order: str, ca: TestCA) -> dict[str, str]:
     if order != "start-first":
         stack_file = project / "deploy" / "swarm" / "stack.yaml"
@@ -53,29 +69,16 @@ def measure(project: Path, slug: str, order: str, ca: TestCA) -> dict[str, str]:
         stack.deploy(good)
         stack.wait_converged(good, timeout=600)
         new = derived_image(good, RELEASE_DOCKERFILE.format(image=good, release=2))
-        client = Client(lambda: stack.get("/items"))
-        with client.running():
-            started = time.monotonic()
-            stack.deploy(new)
-            stack.wait_until(lambda: stack.update_state() == "completed", "rollout", 600)
-            stack.wait_converged(new, timeout=600)
-            rollout = time.monotonic() - started
-        rolled = (rollout, client.served, len(client.failed))
+        rollout = timed_update(stack, new, "completed", back_on=new, timeout=600)
         broken = derived_image(new, BROKEN_DOCKERFILE.format(image=new))
-        client = Client(lambda: stack.get("/items"))
-        with client.running():
-            started = time.monotonic()
-            stack.deploy(broken)
-            stack.wait_until(lambda: stack.update_state() == "rollback_completed", "rollback", 900)
-            stack.wait_converged(new, timeout=600)
-            rollback = time.monotonic() - started
+        rollback = timed_update(stack, broken, "rollback_completed", back_on=new, timeout=900)
         return {
-            "rollout s": f"{rolled[0]:.1f}",
-            "served": str(rolled[1]),
-            "failed": str(rolled[2]),
-            "rollback s": f"{rollback:.1f}",
-            "served ": str(client.served),
-            "failed ": str(len(client.failed)),
+            "rollout s": f"{rollout[0]:.1f}",
+            "served": str(rollout[1]),
+            "failed": str(rollout[2]),
+            "rollback s": f"{rollback[0]:.1f}",
+            "served ": str(rollback[1]),
+            "failed ": str(rollback[2]),
         }
     finally:
         stack.remove()
@@ -89,15 +92,7 @@ def main() -> None:
         for model in MODELS:
             slug = unique_name(f"bench-rollout-{model}")
             project = Path(tmp) / model
-            answers = {
-                "database": "postgresql",
-                "migrations": True,
-                "process_model": model,
-                "reverse_proxy": "nginx",
-                "domain": DOMAIN,
-                "deploy_targets": ["swarm"],
-                "project_slug": slug,
-            }
+            answers = {**ANSWERS, "process_model": model, "project_slug": slug}
             render(template, project, answers, tasks=True)
             ca.issue(DOMAIN).write(project / "certs")
             docker("build", "-t", f"{slug}:1", ".", cwd=project)

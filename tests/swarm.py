@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.docker import DOCKER_ENV, docker, unique_name
+from tests.edge import DOMAIN
 from tests.project import free_port
 from tests.tls import https_get
 
@@ -32,6 +33,15 @@ BROKEN_DOCKERFILE = (
 )
 # A new release of the same code: another image (so every replica is replaced).
 RELEASE_DOCKERFILE = "FROM {image}\nLABEL release={release}\n"
+# The project the Swarm tests and the rollout benchmark deploy: PostgreSQL behind nginx (HTTPS).
+ANSWERS = {
+    "database": "postgresql",
+    "migrations": True,
+    "process_model": "single",
+    "reverse_proxy": "nginx",
+    "domain": DOMAIN,
+    "deploy_targets": ["swarm"],
+}
 
 
 @contextlib.contextmanager

@@ -20,6 +20,7 @@ from tests.docker import docker, require_engine, unique_name
 from tests.edge import DOMAIN
 from tests.project import render
 from tests.swarm import (
+    ANSWERS,
     BROKEN_DOCKERFILE,
     RELEASE_DOCKERFILE,
     Client,
@@ -34,14 +35,6 @@ REPO = Path(__file__).resolve().parent.parent
 
 pytestmark = [pytest.mark.docker, pytest.mark.xdist_group("swarm")]
 
-ANSWERS = {
-    "database": "postgresql",
-    "migrations": True,
-    "process_model": "single",
-    "reverse_proxy": "nginx",
-    "domain": DOMAIN,
-    "deploy_targets": ["swarm"],
-}
 UPGRADE_LINE = "Running upgrade  -> 0001"
 
 
