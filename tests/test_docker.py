@@ -12,6 +12,7 @@ import contextlib
 import http.client
 import json
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
@@ -345,10 +346,31 @@ def test_docker_stop_during_start_up_does_not_wait_for_the_kill(
     key: str, images: dict[str, Built]
 ) -> None:
     with container(images[key].tag) as name:
+        wait_until_the_server_catches_the_stop_signal(name)
         stop_seconds = timed_stop(name)
         exit_code = docker("inspect", "-f", "{{.State.ExitCode}}", name).stdout.strip()
     assert stop_seconds < GRACEFUL_SECONDS, f"docker stop took {stop_seconds:.2f} s"
     assert exit_code != "137", "killed after the stop timeout"
+
+
+def wait_until_the_server_catches_the_stop_signal(name: str) -> None:
+    """Until PID 1 is the server (after prestart's exec) and its interpreter has a SIGINT
+    handler. The kernel drops a signal that a container's PID 1 does not catch, so a stop sent
+    in the first milliseconds of an interpreter's life, or during the exec, is lost for any
+    image whose server is PID 1 without an init process. Start-up, for this test, is what comes
+    after: the app's imports and its lifespan."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        probe = docker("exec", name, "cat", "/proc/1/cmdline", "/proc/1/status", check=False)
+        command, _, status = probe.stdout.partition("Name:")
+        caught = next(
+            (line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:")), "0"
+        )
+        is_server = "uvicorn" in command and "prestart" not in command
+        if is_server and int(caught, 16) & (1 << (signal.SIGINT - 1)):
+            return
+        time.sleep(0.05)
+    raise AssertionError("the server never caught SIGINT, the image's STOPSIGNAL")
 
 
 @pytest.mark.docker
@@ -426,7 +448,9 @@ def test_killed_worker_is_replaced(key: str, images: dict[str, Built]) -> None:
         before = wait_for_workers(name, count)
         victim = min(before)
         docker("exec", name, "python", "-c", f"import os; os.kill({victim}, 9)")
-        deadline = time.monotonic() + 30
+        # The supervisor notices at its next health check; a kill landing while it waits for
+        # the victim's answer costs it the whole healthcheck timeout first.
+        deadline = time.monotonic() + worker_healthcheck_timeout(images[key].tag) + 15
         while True:
             after = worker_pids(name)
             if victim not in after and len(after) == count:
@@ -434,6 +458,12 @@ def test_killed_worker_is_replaced(key: str, images: dict[str, Built]) -> None:
             assert time.monotonic() < deadline, f"workers {before} became {after}"
             time.sleep(0.2)
         assert http_get(f"http://127.0.0.1:{published_port(name)}/health")[0] == 200
+
+
+def worker_healthcheck_timeout(tag: str) -> float:
+    """Seconds Uvicorn's supervisor waits for a worker's answer, from the image's CMD."""
+    command = json.loads(docker("inspect", "-f", "{{json .Config.Cmd}}", tag).stdout)
+    return float(command[command.index("--timeout-worker-healthcheck") + 1])
 
 
 # --- Build cache ---------------------------------------------------------------------------
