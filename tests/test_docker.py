@@ -345,7 +345,8 @@ def test_docker_stop_ends_well_before_the_kill(key: str, images: dict[str, Built
 def test_docker_stop_during_start_up_does_not_wait_for_the_kill(
     key: str, images: dict[str, Built]
 ) -> None:
-    with container(images[key].tag) as name:
+    built = images[key]
+    with container(built.tag, "--env-file", str(built.project / ".env")) as name:
         wait_until_the_server_catches_the_stop_signal(name)
         stop_seconds = timed_stop(name)
         exit_code = docker("inspect", "-f", "{{.State.ExitCode}}", name).stdout.strip()
@@ -362,6 +363,8 @@ def wait_until_the_server_catches_the_stop_signal(name: str) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         probe = docker("exec", name, "cat", "/proc/1/cmdline", "/proc/1/status", check=False)
+        if probe.returncode != 0:
+            raise AssertionError(f"the container is not running:\n{container_logs(name)}")
         command, _, status = probe.stdout.partition("Name:")
         caught = next(
             (line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:")), "0"
