@@ -6,9 +6,11 @@ from pathlib import Path
 import pytest
 
 from tests.postgres import PostgresServer, start_server
-from tests.project import free_port, snapshot
+from tests.project import free_port, reuse_compiled_templates, snapshot
 
 REPO = Path(__file__).resolve().parent.parent
+
+reuse_compiled_templates()
 
 
 @pytest.fixture(scope="session")

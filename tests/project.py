@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import copier
+import jinja2
 import yaml
 
 # uv must not download Pythons, and every pyenv Python must stay visible to child processes
@@ -40,6 +41,57 @@ def tool_env(**extra: str) -> dict[str, str]:
     """The environment for a generated project's tools: no inherited virtualenv."""
     env = {key: value for key, value in os.environ.items() if key != "VIRTUAL_ENV"}
     return {**env, **TOOL_ENV, **extra}
+
+
+def reuse_compiled_templates() -> None:
+    """Compile each Jinja source once per test process instead of once per render.
+
+    Copier makes a new Jinja environment for every copy, and compiling the template's files and
+    path names is most of a render's time; the suite renders the same sources hundreds of
+    times. The compiled code depends only on the source and the environment's syntax settings,
+    which are part of the key, so a render is the same with or without the cache.
+    """
+    compile_source: Any = jinja2.Environment.compile
+    if getattr(compile_source, "reuses_code", False):
+        return
+    compiled: dict[tuple[Any, ...], Any] = {}
+
+    def compile_once(
+        self: jinja2.Environment,
+        source: Any,
+        name: str | None = None,
+        filename: str | None = None,
+        raw: bool = False,
+        defer_init: bool = False,
+    ) -> Any:
+        if not isinstance(source, str):
+            return compile_source(self, source, name, filename, raw, defer_init)
+        syntax = (
+            type(self),
+            self.block_start_string,
+            self.block_end_string,
+            self.variable_start_string,
+            self.variable_end_string,
+            self.comment_start_string,
+            self.comment_end_string,
+            self.line_statement_prefix,
+            self.line_comment_prefix,
+            self.trim_blocks,
+            self.lstrip_blocks,
+            self.newline_sequence,
+            self.keep_trailing_newline,
+            self.optimized,
+            self.is_async,
+            repr(self.autoescape),
+            tuple(self.extensions),
+        )
+        key = (syntax, source, name, filename, raw, defer_init)
+        if key not in compiled:
+            compiled[key] = compile_source(self, source, name, filename, raw, defer_init)
+        return compiled[key]
+
+    compile_once.reuses_code = True  # type: ignore[attr-defined]
+    jinja2.Environment.compile = compile_once  # type: ignore[assignment,method-assign]
 
 
 def render(template: Path, dest: Path, answers: dict[str, Any], *, tasks: bool = False) -> Path:
