@@ -346,20 +346,22 @@ def test_docker_stop_during_start_up_does_not_wait_for_the_kill(
     key: str, images: dict[str, Built]
 ) -> None:
     built = images[key]
+    execs = built.answers["process_model"] == "workers"
     with container(built.tag, "--env-file", str(built.project / ".env")) as name:
-        wait_until_the_server_catches_the_stop_signal(name)
+        wait_until_the_server_catches_the_stop_signal(name, prestart_execs=execs)
         stop_seconds = timed_stop(name)
         exit_code = docker("inspect", "-f", "{{.State.ExitCode}}", name).stdout.strip()
     assert stop_seconds < GRACEFUL_SECONDS, f"docker stop took {stop_seconds:.2f} s"
     assert exit_code != "137", "killed after the stop timeout"
 
 
-def wait_until_the_server_catches_the_stop_signal(name: str) -> None:
-    """Until PID 1 is the server (after prestart's exec) and its interpreter has a SIGINT
-    handler. The kernel drops a signal that a container's PID 1 does not catch, so a stop sent
-    in the first milliseconds of an interpreter's life, or during the exec, is lost for any
-    image whose server is PID 1 without an init process. Start-up, for this test, is what comes
-    after: the app's imports and its lifespan."""
+def wait_until_the_server_catches_the_stop_signal(name: str, prestart_execs: bool) -> None:
+    """Until PID 1 runs the server (in workers mode prestart execs Uvicorn; in single mode it
+    runs it in its own interpreter) and has a SIGINT handler. The kernel drops a signal that a
+    container's PID 1 does not catch, so a stop sent in the first milliseconds of an
+    interpreter's life, or during the exec, is lost for any image whose server is PID 1 without
+    an init process. Start-up, for this test, is what comes after: the app's imports and its
+    lifespan, and in single mode the preparation before them."""
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         probe = docker("exec", name, "cat", "/proc/1/cmdline", "/proc/1/status", check=False)
@@ -369,7 +371,7 @@ def wait_until_the_server_catches_the_stop_signal(name: str) -> None:
         caught = next(
             (line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:")), "0"
         )
-        is_server = "uvicorn" in command and "prestart" not in command
+        is_server = "uvicorn" in command and not (prestart_execs and "prestart" in command)
         if is_server and int(caught, 16) & (1 << (signal.SIGINT - 1)):
             return
         time.sleep(0.05)
