@@ -9,6 +9,12 @@ over plain HTTP to the app directly, both from a container on the stack's edge n
 two taking turns --rounds times (the medians are printed). Target: HTTPS through the proxy keeps
 >= 70% of the direct requests/s.
 
+The load runs twice: with every container free to use every core, and pinned, the app alone on
+CPU 0 and the proxy with wrk on CPU 1. One Uvicorn process uses one core; on a shared machine
+the first layout also measures the load generator taking CPU from the app, the second what
+the proxy costs the app when the host has a core for it (the load generator still shares the
+proxy's core, so it is a lower bound).
+
     uv run python -m benchmarks.https [--seconds 5] [--connections 16] [--rounds 3]
 """
 
@@ -52,7 +58,13 @@ class Figures:
     handshake_ms: float
     https: Load
     direct: Load
+    pinned_https: Load
+    pinned_direct: Load
     load_average: float  # the machine's, after the runs
+
+
+# The pinned layout: the app on its own core; the proxy and the load generator on the other.
+APP_CPU, EDGE_CPU = "0", "1"
 
 
 def median_handshake_ms(stack: Stack) -> float:
@@ -72,10 +84,10 @@ def edge_address(stack: Stack, service: str) -> str:
     return str(docker("inspect", "-f", template, stack.container(service)).stdout.strip())
 
 
-def wrk(stack: Stack, tools: str, url: str, seconds: int, connections: int) -> Load:
+def wrk(stack: Stack, tools: str, url: str, seconds: int, connections: int, *run_args: str) -> Load:
     """wrk in a container on the edge network; the domain resolves to the proxy there."""
     output = docker(
-        "run", "--rm", "--network", f"{stack.name}_edge",
+        "run", "--rm", "--network", f"{stack.name}_edge", *run_args,
         "--add-host", f"{stack.domain}:{edge_address(stack, 'proxy')}",
         tools, "wrk", "-t", "2", "-c", str(connections), "-d", f"{seconds}s", "--latency", url,
     ).stdout  # fmt: skip
@@ -103,11 +115,27 @@ def measure(
         wait_for_https(stack, "/health", timeout=180, interval=0.05)
         up = time.monotonic() - started
         handshake = median_handshake_ms(stack)
+        https_url, direct_url = f"https://{stack.domain}/health", "http://app:8000/health"
         https, direct = [], []
         for _ in range(rounds):
-            https.append(wrk(stack, tools, f"https://{stack.domain}/health", seconds, connections))
-            direct.append(wrk(stack, tools, "http://app:8000/health", seconds, connections))
-        return Figures(up, handshake, median(https), median(direct), os.getloadavg()[0])
+            https.append(wrk(stack, tools, https_url, seconds, connections))
+            direct.append(wrk(stack, tools, direct_url, seconds, connections))
+        docker("update", "--cpuset-cpus", APP_CPU, stack.container("app"))
+        docker("update", "--cpuset-cpus", EDGE_CPU, stack.container("proxy"))
+        pinned = ("--cpuset-cpus", EDGE_CPU)
+        pinned_https, pinned_direct = [], []
+        for _ in range(rounds):
+            pinned_https.append(wrk(stack, tools, https_url, seconds, connections, *pinned))
+            pinned_direct.append(wrk(stack, tools, direct_url, seconds, connections, *pinned))
+        return Figures(
+            up,
+            handshake,
+            median(https),
+            median(direct),
+            median(pinned_https),
+            median(pinned_direct),
+            os.getloadavg()[0],
+        )
     finally:
         stack.compose("down", "-v", "--remove-orphans", check=False)
         docker("rmi", "-f", f"{stack.slug}:latest", check=False)
@@ -153,7 +181,8 @@ def report(figures: dict[str, Figures], seconds: int, connections: int, rounds: 
         f"\nGET /health on one Uvicorn process; "
         f"wrk -t 2 -c {connections} -d {seconds}s --latency URL from a container on the edge "
         f"network, HTTPS and direct taking turns, median of {rounds}; on {os.cpu_count()} cores. "
-        f"Target: HTTPS via the proxy >= {TARGET:.0%} of direct req/s.\n"
+        f"Target: HTTPS via the proxy >= {TARGET:.0%} of direct req/s. Pinned: the app alone "
+        f"on CPU {APP_CPU}, the proxy and wrk on CPU {EDGE_CPU}.\n"
     )
     header = (
         "proxy",
@@ -165,11 +194,16 @@ def report(figures: dict[str, Figures], seconds: int, connections: int, rounds: 
         "direct p99 ms",
         "HTTPS / direct",
         "target",
+        "pinned: HTTPS req/s",
+        "direct req/s",
+        "HTTPS / direct",
+        "target",
         "load average",
     )
     rows = [header]
     for proxy, f in figures.items():
         ratio = f.https.requests_per_second / f.direct.requests_per_second
+        pinned = f.pinned_https.requests_per_second / f.pinned_direct.requests_per_second
         rows.append(
             (
                 proxy,
@@ -181,6 +215,10 @@ def report(figures: dict[str, Figures], seconds: int, connections: int, rounds: 
                 f"{f.direct.p99_ms:.1f}",
                 f"{ratio:.0%}",
                 "met" if ratio >= TARGET else "MISSED",
+                f"{f.pinned_https.requests_per_second:.0f}",
+                f"{f.pinned_direct.requests_per_second:.0f}",
+                f"{pinned:.0%}",
+                "met" if pinned >= TARGET else "MISSED",
                 f"{f.load_average:.1f}",
             )
         )

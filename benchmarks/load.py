@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmarks.docker import naive_project
-from tests.docker import docker, engine_problem, unique_name
+from tests.docker import docker, engine_problem, processes, unique_name
 from tests.edge import render_stack, set_env
 from tests.project import http_get, render, snapshot, tool_env
 from tests.tls import TestCA
@@ -58,23 +58,6 @@ import time as _time  # noqa: E402
 @app.get("/hang")
 async def hang() -> None:
     _time.sleep({HANG_SECONDS})
-"""
-
-# Lists the container's processes (pid, ppid, RSS in kB, command), leaving out itself.
-PROCESSES = """
-import json, os
-found = []
-for pid in filter(str.isdigit, os.listdir("/proc")):
-    try:
-        status = open(f"/proc/{pid}/status").read()
-        command = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\\0", b" ").decode()
-    except OSError:
-        continue
-    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-    rss = int(fields.get("VmRSS", "0 kB").split()[0])
-    if int(pid) != os.getpid() and command and "urllib.request" not in command:
-        found.append([int(pid), int(fields["PPid"]), rss, command.strip()])
-print(json.dumps(found))
 """
 
 
@@ -164,13 +147,8 @@ def median_load(url: str, runs: int, seconds: int) -> Load:
     )
 
 
-def processes(name: str) -> list[tuple[int, int, int, str]]:
-    listing = docker("exec", name, "python", "-c", PROCESSES).stdout
-    return [tuple(row) for row in json.loads(listing)]  # type: ignore[misc]
-
-
 def rss_mb(name: str) -> float:
-    return sum(rss for _, _, rss, _ in processes(name)) / 1024
+    return sum(p.rss_kb for p in processes(name)) / 1024
 
 
 def wait_for_200(url: str, timeout: float = 120) -> None:
@@ -321,16 +299,16 @@ def memory_per_worker(tag: str, network: str, seconds: int) -> list[tuple[int, f
             wrk(f"{base}/health", seconds)
             listed = processes(app)
             if workers == 1:
-                figures.append((1, 0.0, listed[0][2] / 1024))
+                figures.append((1, 0.0, listed[0].rss_kb / 1024))
                 continue
-            supervisor = next(p for p in listed if p[0] == 1)
-            children = [p for p in listed if p[1] == 1 and "spawn_main" in p[3]]
-            mean = statistics.mean(p[2] for p in children) / 1024
+            supervisor = next(p for p in listed if p.pid == 1)
+            children = [p for p in listed if p.ppid == 1 and "spawn_main" in p.command]
+            mean = statistics.mean(p.rss_kb for p in children) / 1024
             figures.append(
                 (
                     workers,
-                    supervisor[2] / 1024
-                    + sum(p[2] for p in listed if p[0] != 1 and p not in children) / 1024,
+                    supervisor.rss_kb / 1024
+                    + sum(p.rss_kb for p in listed if p.pid != 1 and p not in children) / 1024,
                     mean,
                 )
             )
@@ -341,7 +319,7 @@ def hung_worker(tag: str, network: str, server: Server, wait: float) -> str:
     """Block one worker's event loop; say whether the supervisor replaced it within `wait`."""
     with served(tag, network, server, {}) as (base, app):
         wait_for_200(f"{base}/health")
-        before = {p[0] for p in processes(app) if p[0] != 1}
+        before = {p.pid for p in processes(app) if p.pid != 1}
         subprocess.Popen(
             ["curl", "-s", "-m", str(HANG_SECONDS), f"{base}/hang"],
             stdout=subprocess.DEVNULL,
@@ -350,7 +328,7 @@ def hung_worker(tag: str, network: str, server: Server, wait: float) -> str:
         time.sleep(2)
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
-            now = {p[0] for p in processes(app) if p[0] != 1}
+            now = {p.pid for p in processes(app) if p.pid != 1}
             if before - now:
                 return f"replaced after {wait - (deadline - time.monotonic()):.0f} s"
             time.sleep(1)

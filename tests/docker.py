@@ -7,12 +7,14 @@ parallel (and several checkouts share one engine) without stepping on each other
 import contextlib
 import functools
 import ipaddress
+import json
 import os
 import random
 import shutil
 import subprocess
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -131,3 +133,37 @@ def free_subnet() -> str:
         if not any(subnet.overlaps(other) for other in taken):
             return str(subnet)
     raise AssertionError("no free subnet in 10.213.0.0/16")
+
+
+@dataclass(frozen=True)
+class Process:
+    pid: int
+    ppid: int
+    rss_kb: int
+    command: str
+
+
+# Run by the image's own Python (slim images have no ps): [pid, ppid, RSS in kB, command line]
+# of each process, leaving out itself and the image's HEALTHCHECK probes.
+_PROCESS_LISTING = """
+import json, os
+found = []
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        status = open(f"/proc/{pid}/status").read()
+        command = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\\0", b" ").decode()
+    except OSError:
+        continue
+    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+    rss = int(fields.get("VmRSS", "0 kB").split()[0])
+    if int(pid) != os.getpid() and "urllib.request" not in command:
+        found.append([int(pid), int(fields["PPid"]), rss, command.strip()])
+print(json.dumps(found))
+"""
+
+
+def processes(name: str) -> list[Process]:
+    """The container's processes, less the listing itself, the healthcheck and `runc init` (the
+    start of a concurrent exec, such as the healthcheck) or any other without a command line."""
+    listing = docker("exec", name, "python", "-c", _PROCESS_LISTING).stdout
+    return [Process(*row) for row in json.loads(listing) if row[3] not in {"", "runc init"}]

@@ -33,6 +33,7 @@ from tests.docker import (
     compose_stack,
     container,
     docker,
+    processes,
     require_engine,
     unique_name,
 )
@@ -123,22 +124,6 @@ async def slow() -> _StreamingResponse:
     return _StreamingResponse(body())
 """
 
-# Lists the container's processes as [pid, ppid, command line], leaving out itself and the
-# image's HEALTHCHECK probes. Runs with the image's own Python (no ps in slim images).
-PROCESS_LIST = """
-import json, os
-found = []
-for pid in filter(str.isdigit, os.listdir("/proc")):
-    try:
-        stat = open(f"/proc/{pid}/stat").read()
-        command = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\\0", b" ").decode()
-    except OSError:
-        continue
-    if int(pid) != os.getpid() and "urllib.request" not in command:
-        found.append([int(pid), int(stat.rsplit(")", 1)[1].split()[1]), command.strip()])
-print(json.dumps(found))
-"""
-
 INSTALL_STEP = {
     "uv": "uv sync --locked",
     "poetry": "poetry install --only main",
@@ -158,13 +143,6 @@ class Built:
 
     def code_file(self) -> Path:
         return self.project / ("app/main.py" if self.answers["layout"] == "package" else "main.py")
-
-
-@dataclass(frozen=True)
-class Process:
-    pid: int
-    ppid: int
-    command: str
 
 
 def _render_locked(job: tuple[Path, Path, Answers]) -> None:
@@ -247,13 +225,6 @@ def wait_until_healthy(name: str, timeout: float = 60) -> int:
 def container_logs(name: str) -> str:
     result = docker("logs", name, check=False)
     return result.stdout + result.stderr
-
-
-def processes(name: str) -> list[Process]:
-    """The container's processes, less the listing itself and `runc init`: the start of a
-    concurrent exec, such as the image's healthcheck."""
-    listing = docker("exec", name, "python", "-c", PROCESS_LIST).stdout
-    return [Process(*row) for row in json.loads(listing) if row[2] != "runc init"]
 
 
 def worker_pids(name: str) -> set[int]:
