@@ -114,6 +114,42 @@ def test_nginx_finds_a_recreated_app_without_a_restart(
         assert json.loads(health)["Status"] == "healthy", health
 
 
+# nginx's ports towards the app, narrowed so that the test needs few requests to use them all.
+NARROW_PORTS = """\
+services:
+  proxy:
+    sysctls:
+      net.ipv4.ip_local_port_range: "40000 40127"
+"""
+
+
+@pytest.mark.docker
+@DOCKER_GROUP
+def test_nginx_reuses_its_ports_to_the_app_under_sustained_load(
+    template: Path, tmp_path: Path, test_ca: TestCA
+) -> None:
+    """Each request leaves nginx's port to the app in TIME_WAIT for a minute. With 128 ports,
+    80 requests/s for 6 s need each port again after a second or so: without reuse, the
+    requests after the first 128 get 502."""
+    require_engine()
+    stack = nginx_stack(template, tmp_path / "project", test_ca)
+    (stack.project / "compose.override.yaml").write_text(NARROW_PORTS)
+    with running(stack):
+        statuses: list[int] = []
+        connection = https_connection(stack.https_port, stack.domain, stack.trust)
+        try:
+            for _ in range(480):
+                started = time.monotonic()
+                connection.request("GET", "/health", headers={"Host": stack.domain})
+                response = connection.getresponse()
+                response.read()
+                statuses.append(response.status)
+                time.sleep(max(0.0, 1 / 80 - (time.monotonic() - started)))
+        finally:
+            connection.close()
+    assert statuses.count(200) == len(statuses), f"statuses: {sorted(set(statuses))}"
+
+
 @pytest.mark.docker
 @DOCKER_GROUP
 def test_nginx_serves_the_given_certificate_and_a_reload_keeps_requests_in_flight(
