@@ -123,6 +123,9 @@ services:
 """
 
 
+PORT_RANGE = "/proc/sys/net/ipv4/ip_local_port_range"
+
+
 @pytest.mark.docker
 @DOCKER_GROUP
 def test_nginx_reuses_its_ports_to_the_app_under_sustained_load(
@@ -133,8 +136,11 @@ def test_nginx_reuses_its_ports_to_the_app_under_sustained_load(
     requests after the first 128 get 502."""
     require_engine()
     stack = nginx_stack(template, tmp_path / "project", test_ca)
-    (stack.project / "compose.override.yaml").write_text(NARROW_PORTS)
+    (stack.project / "compose.narrow-ports.yaml").write_text(NARROW_PORTS)
+    stack.files.append("compose.narrow-ports.yaml")
     with running(stack):
+        ports = docker("exec", stack.container("proxy"), "cat", PORT_RANGE).stdout.split()
+        assert ports == ["40000", "40127"], "nginx has the narrowed ports"
         statuses: list[int] = []
         connection = https_connection(stack.https_port, stack.domain, stack.trust)
         try:
