@@ -9,7 +9,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -189,14 +189,22 @@ def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
         return error.code, error.read()
 
 
+def status_of(url: str) -> int:
+    """The status of one GET of the URL."""
+    return http_get(url)[0]
+
+
 def wait_for_http(
-    url: str, timeout: float = 30.0, process: subprocess.Popen[str] | None = None
+    url: str,
+    timeout: float = 30.0,
+    process: subprocess.Popen[str] | None = None,
+    ask: Callable[[str], int] = status_of,
 ) -> int:
-    """Poll a URL until it answers; return its status."""
+    """Poll a URL until it answers (asking with `ask`, a plain GET by default); its status."""
     deadline = time.monotonic() + timeout
     while True:
         try:
-            return http_get(url)[0]
+            return ask(url)
         except (OSError, urllib.error.URLError):
             if process is not None and process.poll() is not None:
                 raise AssertionError(f"server exited {process.returncode}") from None

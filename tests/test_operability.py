@@ -166,7 +166,10 @@ def stack(
     try:
         with compose_stack(project) as name:
             built = Stack(key, answers, project, name, port, http_port)
-            assert wait_until_served(built, "/health", timeout=120) == 200
+            status = wait_for_http(
+                built.url("/health"), timeout=120, ask=lambda url: int(get(url).status)
+            )
+            assert status == 200
             yield built
     finally:
         docker("rmi", "-f", f"{answers['project_slug']}:latest", check=False)
@@ -182,18 +185,6 @@ def get(url: str, headers: dict[str, str] | None = None, method: str = "GET") ->
             return response
     except urllib.error.HTTPError as error:
         return error
-
-
-def wait_until_served(stack: Stack, path: str, timeout: float) -> int:
-    """Poll the stack's published port until it answers; the status."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return int(get(stack.url(path)).status)
-        except (OSError, urllib.error.URLError):
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.3)
 
 
 def json_lines(lines: list[str]) -> list[dict[str, Any]]:
