@@ -103,6 +103,19 @@ def median(loads: list[Load]) -> Load:
     )
 
 
+def taking_turns(
+    stack: Stack, tools: str, seconds: int, connections: int, rounds: int, *run_args: str
+) -> tuple[Load, Load]:
+    """The median HTTPS (through the proxy) and direct loads, the two alternating `rounds` times;
+    `run_args` go to the wrk container."""
+    urls = (f"https://{stack.domain}/health", "http://app:8000/health")
+    loads: dict[str, list[Load]] = {url: [] for url in urls}
+    for _ in range(rounds):
+        for url in urls:
+            loads[url].append(wrk(stack, tools, url, seconds, connections, *run_args))
+    return median(loads[urls[0]]), median(loads[urls[1]])
+
+
 def measure(
     stack: Stack, ca: TestCA | None, tools: str, seconds: int, connections: int, rounds: int
 ) -> Figures:
@@ -115,27 +128,11 @@ def measure(
         wait_for_https(stack, "/health", timeout=180, interval=0.05)
         up = time.monotonic() - started
         handshake = median_handshake_ms(stack)
-        https_url, direct_url = f"https://{stack.domain}/health", "http://app:8000/health"
-        https, direct = [], []
-        for _ in range(rounds):
-            https.append(wrk(stack, tools, https_url, seconds, connections))
-            direct.append(wrk(stack, tools, direct_url, seconds, connections))
+        shared = taking_turns(stack, tools, seconds, connections, rounds)
         docker("update", "--cpuset-cpus", APP_CPU, stack.container("app"))
         docker("update", "--cpuset-cpus", EDGE_CPU, stack.container("proxy"))
-        pinned = ("--cpuset-cpus", EDGE_CPU)
-        pinned_https, pinned_direct = [], []
-        for _ in range(rounds):
-            pinned_https.append(wrk(stack, tools, https_url, seconds, connections, *pinned))
-            pinned_direct.append(wrk(stack, tools, direct_url, seconds, connections, *pinned))
-        return Figures(
-            up,
-            handshake,
-            median(https),
-            median(direct),
-            median(pinned_https),
-            median(pinned_direct),
-            os.getloadavg()[0],
-        )
+        pinned = taking_turns(stack, tools, seconds, connections, rounds, "--cpuset-cpus", EDGE_CPU)
+        return Figures(up, handshake, *shared, *pinned, os.getloadavg()[0])
     finally:
         stack.compose("down", "-v", "--remove-orphans", check=False)
         docker("rmi", "-f", f"{stack.slug}:latest", check=False)
