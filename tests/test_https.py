@@ -114,15 +114,14 @@ def test_nginx_finds_a_recreated_app_without_a_restart(
         assert json.loads(health)["Status"] == "healthy", health
 
 
-# nginx's ports towards the app, narrowed so that the test needs few requests to use them all.
+# nginx's ports towards the app, narrowed so that the test needs few requests to use them all,
+# and where the container shows them.
 NARROW_PORTS = """\
 services:
   proxy:
     sysctls:
       net.ipv4.ip_local_port_range: "40000 40127"
 """
-
-
 PORT_RANGE = "/proc/sys/net/ipv4/ip_local_port_range"
 
 
