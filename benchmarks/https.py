@@ -6,8 +6,9 @@ Uvicorn process), in one run: seconds from `docker compose up` (images built) to
 verified HTTPS 200 on /health; the median TLS handshake of new connections from this machine;
 requests/s and p99 latency on /health under a bounded wrk load over HTTPS through the proxy and
 over plain HTTP to the app directly, both from a container on the stack's edge network, the
-two taking turns --rounds times (the medians are printed). Target: HTTPS through the proxy keeps
->= 70% of the direct requests/s.
+two taking turns --rounds times (the medians are printed), and the CPU time a request costs the
+app's and the proxy's containers (their cgroups' counters). Target: HTTPS through the proxy
+keeps >= 70% of the direct requests/s.
 
 The load runs twice: with every container free to use every core, and pinned, the app alone on
 CPU 0 and the proxy with wrk on CPU 1. One Uvicorn process uses one core; on a shared machine
@@ -29,7 +30,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.docker import docker, engine_problem
+from tests.docker import cpu_seconds, docker, engine_problem
 from tests.edge import (
     Stack,
     acme_stack,
@@ -50,6 +51,8 @@ HANDSHAKES = 30
 class Load:
     requests_per_second: float
     p99_ms: float
+    app_us: float  # CPU time per request, in the app's container
+    proxy_us: float  # and in the proxy's
 
 
 @dataclass
@@ -86,20 +89,27 @@ def edge_address(stack: Stack, service: str) -> str:
 
 def wrk(stack: Stack, tools: str, url: str, seconds: int, connections: int, *run_args: str) -> Load:
     """wrk in a container on the edge network; the domain resolves to the proxy there."""
+    containers = [stack.container(service) for service in ("app", "proxy")]
+    cpu_before = [cpu_seconds(name) for name in containers]
     output = docker(
         "run", "--rm", "--network", f"{stack.name}_edge", *run_args,
         "--add-host", f"{stack.domain}:{edge_address(stack, 'proxy')}",
         tools, "wrk", "-t", "2", "-c", str(connections), "-d", f"{seconds}s", "--latency", url,
     ).stdout  # fmt: skip
+    app_cpu, proxy_cpu = (cpu_seconds(n) - b for n, b in zip(containers, cpu_before, strict=True))
+    requests = int(re.search(r"(\d+) requests in", output).group(1))  # type: ignore[union-attr]
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
     value, unit = re.search(r"\s99%\s+([\d.]+)(us|ms|s)", output).groups()  # type: ignore[union-attr]
-    return Load(rate, float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit])
+    p99 = float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+    return Load(rate, p99, app_cpu / requests * 1e6, proxy_cpu / requests * 1e6)
 
 
 def median(loads: list[Load]) -> Load:
     return Load(
         statistics.median(load.requests_per_second for load in loads),
         statistics.median(load.p99_ms for load in loads),
+        statistics.median(load.app_us for load in loads),
+        statistics.median(load.proxy_us for load in loads),
     )
 
 
@@ -191,6 +201,9 @@ def report(figures: dict[str, Figures], seconds: int, connections: int, rounds: 
         "direct p99 ms",
         "HTTPS / direct",
         "target",
+        "CPU us/request: app via proxy",
+        "app direct",
+        "proxy",
         "pinned: HTTPS req/s",
         "direct req/s",
         "HTTPS / direct",
@@ -212,6 +225,9 @@ def report(figures: dict[str, Figures], seconds: int, connections: int, rounds: 
                 f"{f.direct.p99_ms:.1f}",
                 f"{ratio:.0%}",
                 "met" if ratio >= TARGET else "MISSED",
+                f"{f.https.app_us:.0f}",
+                f"{f.direct.app_us:.0f}",
+                f"{f.https.proxy_us:.0f}",
                 f"{f.pinned_https.requests_per_second:.0f}",
                 f"{f.pinned_direct.requests_per_second:.0f}",
                 f"{pinned:.0%}",

@@ -167,3 +167,19 @@ def processes(name: str) -> list[Process]:
     start of a concurrent exec, such as the healthcheck) or any other without a command line."""
     listing = docker("exec", name, "python", "-c", _PROCESS_LISTING).stdout
     return [Process(*row) for row in json.loads(listing) if row[3] not in {"", "runc init"}]
+
+
+def cpu_seconds(name: str) -> float:
+    """CPU time the container has used so far (all its processes), from its cgroup on this host:
+    cgroup v2's cpu.stat or v1's cpuacct."""
+    pid = docker("inspect", "-f", "{{.State.Pid}}", name).stdout.strip()
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":
+            stat = Path(f"/sys/fs/cgroup{path}/cpu.stat")
+            if stat.exists():
+                usage = dict(row.split() for row in stat.read_text().splitlines())
+                return int(usage["usage_usec"]) / 1e6
+        elif "cpuacct" in controllers.split(","):
+            return int(Path(f"/sys/fs/cgroup/cpuacct{path}/cpuacct.usage").read_text()) / 1e9
+    raise AssertionError(f"no CPU accounting found for {name} (pid {pid})")

@@ -168,6 +168,7 @@ def test_nginx_serves_the_given_certificate_and_a_reload_keeps_requests_in_fligh
         assert first.status == 200
         assert_https_edge(stack, first)
         assert_behind_the_prefix(stack)
+        assert_go_runs_on_the_one_core_it_has(stack)
         # From any address but the proxy's (here the app's own loopback) the headers are ignored.
         direct = stack.compose("exec", "-T", "app", "python", "-c", ASK_WHOAMI).stdout
         assert json.loads(direct)["client"] == "127.0.0.1"
@@ -292,6 +293,7 @@ def test_acme_certificate_is_obtained_served_and_renewed(
         assert json.loads(items.body) == []
         assert_https_edge(stack, first)
         assert_behind_the_prefix(stack)
+        assert_go_runs_on_the_one_core_it_has(stack)
         # Renewal: the proxy gets a new certificate by itself and serves it, still running.
         proxy_container = stack.container("proxy")
         started = docker("inspect", "-f", "{{.State.StartedAt}}", proxy_container).stdout
@@ -316,6 +318,15 @@ def assert_https_edge(stack: Stack, answer: Answer) -> None:
     logged = [line for line in stack.compose("logs", "app").stdout.splitlines() if "whoami" in line]
     assert logged and all(seen["client"] in line for line in logged), logged
     assert "203.0.113.9" not in stack.compose("logs", "app").stdout
+
+
+def assert_go_runs_on_the_one_core_it_has(stack: Stack) -> None:
+    """One CPU for the proxy, and one thread of Go code in it (no threads spinning for work
+    on the app's cores)."""
+    state = json.loads(docker("inspect", stack.container("proxy")).stdout)[0]
+    assert state["HostConfig"]["NanoCpus"] == 10**9
+    environ = docker("exec", stack.container("proxy"), "cat", "/proc/1/environ").stdout
+    assert "GOMAXPROCS=1" in environ.split("\0"), environ
 
 
 def assert_behind_the_prefix(stack: Stack) -> None:

@@ -143,6 +143,14 @@ def test_traefik_and_caddy_serve_https_in_front_of_the_replicas(
         stack.wait_until(lambda: stack.get("/ready") == 200, "the app through the proxy", 60)
         status, headers = http_get_as(stack.http_port, "localhost", "/health")
         assert status in (301, 308) and headers["Location"].startswith("https://localhost")
+        assert_on_one_core(stack.service("proxy"))
     finally:
         stack.remove()
         docker("node", "update", "--label-rm", f"{slug}.db", node, check=False)
+
+
+def assert_on_one_core(service: str) -> None:
+    """The proxy's bound, as the cluster applies it: one CPU, and Go told so."""
+    spec = json.loads(docker("service", "inspect", service).stdout)[0]["Spec"]["TaskTemplate"]
+    assert spec["Resources"]["Limits"]["NanoCPUs"] == 10**9, spec["Resources"]
+    assert "GOMAXPROCS=1" in spec["ContainerSpec"]["Env"], spec["ContainerSpec"]["Env"]
