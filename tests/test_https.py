@@ -127,12 +127,12 @@ PORT_RANGE = "/proc/sys/net/ipv4/ip_local_port_range"
 
 @pytest.mark.docker
 @DOCKER_GROUP
-def test_nginx_reuses_its_ports_to_the_app_under_sustained_load(
+def test_nginx_keeps_its_connections_to_the_app_under_sustained_load(
     template: Path, tmp_path: Path, test_ca: TestCA
 ) -> None:
-    """Each request leaves nginx's port to the app in TIME_WAIT for a minute. With 128 ports,
-    80 requests/s for 6 s need each port again after a second or so: without reuse, the
-    requests after the first 128 get 502."""
+    """A connection per request would leave each of nginx's ports to the app in TIME_WAIT for a
+    minute: with 128 ports, 80 requests/s for 6 s would get 502 after the first 128. Kept-alive
+    connections to the app need a handful."""
     require_engine()
     stack = nginx_stack(template, tmp_path / "project", test_ca)
     (stack.project / "compose.narrow-ports.yaml").write_text(NARROW_PORTS)
