@@ -168,7 +168,6 @@ def test_nginx_serves_the_given_certificate_and_a_reload_keeps_requests_in_fligh
         assert first.status == 200
         assert_https_edge(stack, first)
         assert_behind_the_prefix(stack)
-        assert_go_runs_on_the_one_core_it_has(stack)
         # From any address but the proxy's (here the app's own loopback) the headers are ignored.
         direct = stack.compose("exec", "-T", "app", "python", "-c", ASK_WHOAMI).stdout
         assert json.loads(direct)["client"] == "127.0.0.1"
