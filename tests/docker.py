@@ -183,3 +183,16 @@ def cpu_seconds(name: str) -> float:
         elif "cpuacct" in controllers.split(","):
             return int(Path(f"/sys/fs/cgroup/cpuacct{path}/cpuacct.usage").read_text()) / 1e9
     raise AssertionError(f"no CPU accounting found for {name} (pid {pid})")
+
+
+def established_peers(name: str, port: int) -> list[str]:
+    """The IPv4 addresses with a TCP connection established to `port` in the container's
+    network namespace (read from the host, at once: no exec)."""
+    pid = docker("inspect", "-f", "{{.State.Pid}}", name).stdout.strip()
+    peers = []
+    for row in Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]:
+        local, remote, state = row.split()[1:4]
+        if state == "01" and int(local.split(":")[1], 16) == port:
+            address = bytes.fromhex(remote.split(":")[0])[::-1]  # little-endian on x86 and arm
+            peers.append(str(ipaddress.IPv4Address(address)))
+    return peers

@@ -8,6 +8,7 @@ against the CA of the test and the hostname.
 """
 
 import contextlib
+import http.client
 import json
 import threading
 import time
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.docker import docker, require_engine, unique_name
+from tests.docker import docker, established_peers, require_engine, unique_name
 from tests.edge import (
     CERT_SECONDS,
     PROBE_ROUTES,
@@ -168,6 +169,7 @@ def test_nginx_serves_the_given_certificate_and_a_reload_keeps_requests_in_fligh
         assert first.status == 200
         assert_https_edge(stack, first)
         assert_behind_the_prefix(stack)
+        assert_the_proxy_lets_go_of_idle_connections_first(stack, "/api/health")
         # From any address but the proxy's (here the app's own loopback) the headers are ignored.
         direct = stack.compose("exec", "-T", "app", "python", "-c", ASK_WHOAMI).stdout
         assert json.loads(direct)["client"] == "127.0.0.1"
@@ -293,6 +295,7 @@ def test_acme_certificate_is_obtained_served_and_renewed(
         assert_https_edge(stack, first)
         assert_behind_the_prefix(stack)
         assert_go_runs_on_the_one_core_it_has(stack)
+        assert_the_proxy_lets_go_of_idle_connections_first(stack, "/api/health")
         # Renewal: the proxy gets a new certificate by itself and serves it, still running.
         proxy_container = stack.container("proxy")
         started = docker("inspect", "-f", "{{.State.StartedAt}}", proxy_container).stdout
@@ -328,6 +331,19 @@ def assert_go_runs_on_the_one_core_it_has(stack: Stack) -> None:
     assert "GOMAXPROCS=1" in environ.split("\0"), environ
 
 
+def assert_the_proxy_lets_go_of_idle_connections_first(stack: Stack, path: str) -> None:
+    """The proxy keeps its connections to the app for the next requests, and closes an idle
+    one before Uvicorn would (5 s): else a request sent as the app closes it gets a 502."""
+    app, proxy = stack.container("app"), set(stack.address("proxy").split())
+    for _ in range(3):
+        assert stack.get(path).status == 200
+    idle_since = time.monotonic()
+    assert proxy & set(established_peers(app, 8000)), "no connection kept for the next request"
+    while proxy & set(established_peers(app, 8000)):
+        assert time.monotonic() - idle_since < 4.8, "the app would close it first"
+        time.sleep(0.05)
+
+
 def assert_behind_the_prefix(stack: Stack) -> None:
     docs = stack.get("/api/docs")
     assert docs.status == 200
@@ -352,7 +368,8 @@ print(urllib.request.urlopen(request).read().decode())
 def test_external_proxy_is_trusted_from_forwarded_allow_ips_only(
     template: Path, tmp_path: Path
 ) -> None:
-    """Behind a TLS-terminating load balancer the app builds https:// URLs under ROOT_PATH."""
+    """Behind a TLS-terminating load balancer the app builds https:// URLs under ROOT_PATH, and
+    keeps idle connections open longer than the balancer."""
     require_engine()
     slug = unique_name("tt-external")
     answers = {
@@ -391,6 +408,17 @@ def test_external_proxy_is_trusted_from_forwarded_allow_ips_only(
         )
         with urllib.request.urlopen(request, timeout=10) as response:
             untrusted = json.loads(response.read())
+        # A load balancer's idle connection outlives Uvicorn's default 5 s.
+        kept = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        statuses = []
+        try:
+            for pause in (0, 6):
+                time.sleep(pause)
+                kept.request("GET", "/health")
+                with kept.getresponse() as answer:
+                    statuses.append(answer.status)
+        finally:
+            kept.close()
         logs = docker("compose", "-p", name, "logs", "app", cwd=project).stdout
     finally:
         docker("compose", "-p", name, "down", "-v", "--remove-orphans", cwd=project, check=False)
@@ -401,6 +429,7 @@ def test_external_proxy_is_trusted_from_forwarded_allow_ips_only(
         "url": "https://api.example.com/api/whoami",
     }
     assert untrusted["scheme"] == "http"
+    assert statuses == [200, 200]
     assert untrusted["client"] != "198.51.100.7"
     assert untrusted["url"] == f"http://127.0.0.1:{port}/api/whoami"
     assert any("198.51.100.7" in line and "whoami" in line for line in logs.splitlines()), logs
