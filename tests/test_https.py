@@ -416,6 +416,7 @@ def test_external_proxy_is_trusted_from_forwarded_allow_ips_only(
                 time.sleep(pause)
                 kept.request("GET", "/health")
                 with kept.getresponse() as answer:
+                    answer.read()
                     statuses.append(answer.status)
         finally:
             kept.close()
