@@ -169,10 +169,16 @@ def processes(name: str) -> list[Process]:
     return [Process(*row) for row in json.loads(listing) if row[3] not in {"", "runc init"}]
 
 
+def host_pid(name: str) -> int:
+    """The host's PID of the container's first process: its /proc shows the container's cgroup
+    and network namespace."""
+    return int(docker("inspect", "-f", "{{.State.Pid}}", name).stdout)
+
+
 def cpu_seconds(name: str) -> float:
     """CPU time the container has used so far (all its processes), from its cgroup on this host:
     cgroup v2's cpu.stat or v1's cpuacct."""
-    pid = docker("inspect", "-f", "{{.State.Pid}}", name).stdout.strip()
+    pid = host_pid(name)
     for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
         _, controllers, path = line.split(":", 2)
         if controllers == "":
@@ -185,10 +191,9 @@ def cpu_seconds(name: str) -> float:
     raise AssertionError(f"no CPU accounting found for {name} (pid {pid})")
 
 
-def established_peers(name: str, port: int) -> list[str]:
-    """The IPv4 addresses with a TCP connection established to `port` in the container's
-    network namespace (read from the host, at once: no exec)."""
-    pid = docker("inspect", "-f", "{{.State.Pid}}", name).stdout.strip()
+def established_peers(pid: int, port: int) -> list[str]:
+    """The IPv4 addresses with a TCP connection established to `port` in the network namespace
+    of host process `pid` (a container's: `host_pid`), read at once: no exec."""
     peers = []
     for row in Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]:
         local, remote, state = row.split()[1:4]

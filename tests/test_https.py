@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.docker import docker, established_peers, require_engine, unique_name
+from tests.docker import docker, established_peers, host_pid, require_engine, unique_name
 from tests.edge import (
     CERT_SECONDS,
     PROBE_ROUTES,
@@ -334,7 +334,7 @@ def assert_go_runs_on_the_one_core_it_has(stack: Stack) -> None:
 def assert_the_proxy_lets_go_of_idle_connections_first(stack: Stack, path: str) -> None:
     """The proxy keeps its connections to the app for the next requests, and closes an idle
     one before Uvicorn would (5 s): else a request sent as the app closes it gets a 502."""
-    app, proxy = stack.container("app"), set(stack.address("proxy").split())
+    app, proxy = host_pid(stack.container("app")), set(stack.address("proxy").split())
     for _ in range(3):
         assert stack.get(path).status == 200
     idle_since = time.monotonic()
