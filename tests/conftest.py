@@ -5,12 +5,19 @@ from pathlib import Path
 
 import pytest
 
+from tests import docker
 from tests.postgres import PostgresServer, start_server
 from tests.project import free_port, reuse_compiled_templates, snapshot
 
 REPO = Path(__file__).resolve().parent.parent
 
 reuse_compiled_templates()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Once the whole run is over (in the process that ran it, not in an xdist worker)."""
+    if not hasattr(config, "workerinput") and docker.engine_problem() is None:
+        docker.remove_run_images()
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,7 @@ import ipaddress
 import json
 import os
 import random
+import re
 import shutil
 import subprocess
 import uuid
@@ -53,8 +54,13 @@ def require_engine() -> None:
         pytest.skip(f"Docker unavailable ({problem}); run ../shared/offline-docker/setup")
 
 
+# This run's mark in every name it makes, inherited by xdist's workers: what the run built is
+# removed at its end, and only that (other checkouts' runs may share the engine).
+RUN = os.environ.setdefault("TEMPLATE_TESTS_RUN", uuid.uuid4().hex[:4])
+
+
 def unique_name(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+    return f"{prefix}-{RUN}{uuid.uuid4().hex[:6]}"
 
 
 def docker(
@@ -75,6 +81,17 @@ def docker(
             f"--- stdout\n{result.stdout[-6000:]}\n--- stderr\n{result.stderr[-6000:]}"
         )
     return result
+
+
+def remove_run_images(keep_cache: str = "2GB") -> None:
+    """Remove the images this run tagged, then the build cache beyond `keep_cache` (the most
+    recently used stays). A full run builds dozens of images of a few hundred MB each and caches
+    their layers again: left behind, they fill a disk shared with other machines."""
+    listing = docker("images", "--format", "{{.Repository}}:{{.Tag}}").stdout.split()
+    ours = [name for name in listing if re.search(f"-{RUN}[0-9a-f]{{6}}\\b", name)]
+    for start in range(0, len(ours), 50):
+        docker("rmi", "-f", *ours[start : start + 50], check=False)
+    docker("builder", "prune", "-f", "--keep-storage", keep_cache, check=False)
 
 
 def build(project: Path, tag: str, *extra: str) -> subprocess.CompletedProcess[str]:
