@@ -185,6 +185,19 @@ class Stack:
             timeout,
         )
 
+    def wait_serving(self, path: str = "/ready", timeout: float = 60) -> float:
+        """Wait for a 200 through the proxy. The proxy finds the replicas by Docker's DNS, some
+        seconds after they are up: nginx asks again once an answer is 5 s old, and before the
+        first replica started the name did not resolve at all."""
+
+        def serving() -> bool:
+            try:
+                return self.get(path) == 200
+            except (OSError, http.client.HTTPException):
+                return False
+
+        return self.wait_until(serving, f"a 200 for {path} through the proxy", timeout)
+
     def logs(self, service: str) -> str:
         """The output of every container the service ran, exited ones included (`docker
         service logs` can hang on a task whose container is gone)."""
@@ -201,7 +214,8 @@ class Stack:
 
     def diagnose(self) -> str:
         tasks = docker("stack", "ps", "--no-trunc", self.name, check=False).stdout
-        return tasks + "\n" + self.logs("app")[-3000:]
+        app, proxy = self.logs("app")[-3000:], self.logs("proxy")[-3000:]
+        return f"{tasks}\n--- app\n{app}\n--- proxy\n{proxy}"
 
 
 @dataclass

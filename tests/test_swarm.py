@@ -40,7 +40,8 @@ UPGRADE_LINE = "Running upgrade  -> 0001"
 
 @pytest.fixture(scope="module")
 def deployed(template: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """The stack of release 1, converged: three healthy replicas behind nginx."""
+    """The stack of release 1, converged: three healthy replicas behind nginx, which reaches
+    them."""
     require_engine()
     slug = unique_name("tt-swarm")
     project = tmp_path_factory.mktemp("swarm") / "project"
@@ -56,6 +57,7 @@ def deployed(template: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         try:
             stack.deploy(image)
             stack.wait_converged(image, timeout=900)  # a cold start on a loaded machine
+            stack.wait_serving()
             yield stack
         finally:
             stack.remove()
@@ -64,7 +66,7 @@ def deployed(template: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 
 
 def test_three_replicas_answer_through_the_proxy_after_one_migration(deployed: Stack) -> None:
-    assert deployed.get("/ready") == 200
+    assert deployed.get("/ready") == 200, deployed.diagnose()
     assert deployed.logs("migrate").count(UPGRADE_LINE) == 1
     assert UPGRADE_LINE not in deployed.logs("app"), "the replicas do not migrate"
     tasks = docker("service", "ps", "--format", "{{.CurrentState}}", deployed.service("migrate"))
@@ -93,7 +95,7 @@ def test_rollout_of_a_new_image_fails_no_request(deployed: Stack) -> None:
         deployed.wait_until(lambda: deployed.update_state() == "completed", "rollout completed")
         deployed.wait_converged(new)
     assert client.served > 50, "requests went on during the rollout"
-    assert client.failed == [], client.failed[:10]
+    assert client.failed == [], f"{client.failed[:10]}\n{deployed.diagnose()}"
 
 
 def test_broken_image_rolls_back_by_itself_and_the_service_keeps_answering(
@@ -109,7 +111,7 @@ def test_broken_image_rolls_back_by_itself_and_the_service_keeps_answering(
         )
         deployed.wait_converged(good)
     assert client.served > 50
-    assert client.failed == [], client.failed[:10]
+    assert client.failed == [], f"{client.failed[:10]}\n{deployed.diagnose()}"
     assert deployed.get("/ready") == 200
 
 
@@ -139,8 +141,7 @@ def test_traefik_and_caddy_serve_https_in_front_of_the_replicas(
     try:
         stack.deploy(image)
         stack.wait_converged(image, timeout=600)
-        # Traefik checks its backend every 10 s; it may not have seen the replicas up yet.
-        stack.wait_until(lambda: stack.get("/ready") == 200, "the app through the proxy", 60)
+        stack.wait_serving()
         status, headers = http_get_as(stack.http_port, "localhost", "/health")
         assert status in (301, 308) and headers["Location"].startswith("https://localhost")
         assert_on_one_core(stack.service("proxy"))
