@@ -1,5 +1,6 @@
 """Fixtures shared by the template's tests."""
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -8,6 +9,7 @@ import pytest
 from tests import docker
 from tests.postgres import PostgresServer, start_server
 from tests.project import free_port, reuse_compiled_templates, snapshot
+from tests.pypi_json import pypi_json
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -18,6 +20,22 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     """Once the whole run is over (in the process that ran it, not in an xdist worker)."""
     if not hasattr(config, "workerinput") and docker.engine_problem() is None:
         docker.remove_run_images()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def pip_index_with_json_api() -> Iterator[None]:
+    """pip, where a project leaves the index to it, reads PyPI with its JSON API, so that
+    pip-compile takes the hashes from it instead of downloading every file
+    (tests/pypi_json.py). A PIP_INDEX_URL set for the run is kept."""
+    if "PIP_INDEX_URL" in os.environ:
+        yield
+        return
+    with pypi_json() as url:
+        os.environ["PIP_INDEX_URL"] = url
+        try:
+            yield
+        finally:
+            del os.environ["PIP_INDEX_URL"]
 
 
 @pytest.fixture(scope="session")

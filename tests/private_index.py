@@ -1,22 +1,22 @@
 """A private package index on 127.0.0.1 for the tests: PyPI behind HTTP basic auth.
 
-It serves PyPI's simple API with every file link pointing back at itself, and answers a file
-with a redirect to PyPI's file host; both only with the right credentials. It records each
-request and whether it carried them, so a test can tell that a tool used the index and
-authenticated, and nothing else could have served the tool (PyPI's own URLs never appear).
+It serves PyPI's simple API with every file link pointing back at itself, and the JSON API
+built from it (tests/pypi_json.py), and answers a file with a redirect to PyPI's file host; all
+only with the right credentials. It records each request and whether it carried them, so a
+test can tell that a tool used the index and authenticated, and nothing else could have served
+the tool (PyPI's own URLs never appear).
 """
 
 import base64
 import contextlib
 import threading
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-PYPI = "https://pypi.org"
+from tests.pypi_json import PYPI, Page, cached, fetch, json_page
+
 FILES = "https://files.pythonhosted.org/packages/"
 
 
@@ -39,25 +39,13 @@ class PrivateIndex:
 
 def _handler(index: PrivateIndex, base: str) -> type[BaseHTTPRequestHandler]:
     token = base64.b64encode(f"{index.username}:{index.password}".encode()).decode()
-    pages: dict[tuple[str, str], tuple[int, str, bytes]] = {}
-    lock = threading.Lock()
 
-    def upstream_page(path: str, accept: str) -> tuple[int, str, bytes]:
-        """PyPI's simple page with file links moved onto this index (cached per run)."""
-        with lock:
-            if (path, accept) in pages:
-                return pages[(path, accept)]
-        request = urllib.request.Request(PYPI + path, headers={"Accept": accept})
-        try:
-            with urllib.request.urlopen(request, timeout=60) as response:
-                body = response.read().replace(FILES.encode(), f"{base}/files/".encode())
-                page = (response.status, response.headers["Content-Type"], body)
-        except urllib.error.HTTPError as error:
-            page = (error.code, "text/plain", b"")
-        if page[0] in (200, 404):  # a passing upstream failure is retried, not remembered
-            with lock:
-                pages[(path, accept)] = page
-        return page
+    def moved(path: str, accept: str) -> Page:
+        """PyPI's simple page with file links moved onto this index."""
+        status, content_type, body = fetch(PYPI + path, accept)
+        return status, content_type, body.replace(FILES.encode(), f"{base}/files/".encode())
+
+    upstream_page = cached(moved)
 
     class Handler(BaseHTTPRequestHandler):
         def do_HEAD(self) -> None:
@@ -76,10 +64,13 @@ def _handler(index: PrivateIndex, base: str) -> type[BaseHTTPRequestHandler]:
                 self.send_header("Location", FILES + self.path.removeprefix("/files/"))
                 self.send_header("Content-Length", "0")
                 self.end_headers()
-            elif self.path.startswith("/simple/"):
-                status, content_type, body = upstream_page(
-                    self.path, self.headers.get("Accept", "text/html")
-                )
+            elif self.path.startswith("/simple/") or self.path.endswith("/json"):
+                if self.path.endswith("/json"):
+                    status, content_type, body = json_page(upstream_page, self.path)
+                else:
+                    status, content_type, body = upstream_page(
+                        self.path, self.headers.get("Accept", "text/html")
+                    )
                 self.send_response(status)
                 self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(body)))
