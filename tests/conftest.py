@@ -5,6 +5,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from plumbum import local
 
 from tests import docker
 from tests.postgres import PostgresServer, start_server
@@ -26,11 +27,14 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 def pip_index_with_json_api() -> Iterator[None]:
     """pip, where a project leaves the index to it, reads PyPI with its JSON API, so that
     pip-compile takes the hashes from it instead of downloading every file
-    (tests/pypi_json.py). A PIP_INDEX_URL set for the run is kept."""
+    (tests/pypi_json.py). A PIP_INDEX_URL set for the run is kept.
+
+    Copier runs its tasks in plumbum's copy of the environment, taken when copier was
+    imported, so the variable goes there too."""
     if "PIP_INDEX_URL" in os.environ:
         yield
         return
-    with pypi_json() as url:
+    with pypi_json() as url, local.env(PIP_INDEX_URL=url):
         os.environ["PIP_INDEX_URL"] = url
         try:
             yield
