@@ -34,12 +34,9 @@ def pip_index_with_json_api() -> Iterator[None]:
     if "PIP_INDEX_URL" in os.environ:
         yield
         return
-    with pypi_json() as url, local.env(PIP_INDEX_URL=url):
-        os.environ["PIP_INDEX_URL"] = url
-        try:
-            yield
-        finally:
-            del os.environ["PIP_INDEX_URL"]
+    with pypi_json() as url, local.env(PIP_INDEX_URL=url), pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PIP_INDEX_URL", url)
+        yield
 
 
 @pytest.fixture(scope="session")

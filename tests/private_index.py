@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from tests.pypi_json import PYPI, Page, cached, fetch, json_page
+from tests.pypi_json import PYPI, Page, cached, fetch, json_page, send
 
 FILES = "https://files.pythonhosted.org/packages/"
 
@@ -64,19 +64,10 @@ def _handler(index: PrivateIndex, base: str) -> type[BaseHTTPRequestHandler]:
                 self.send_header("Location", FILES + self.path.removeprefix("/files/"))
                 self.send_header("Content-Length", "0")
                 self.end_headers()
-            elif self.path.startswith("/simple/") or self.path.endswith("/json"):
-                if self.path.endswith("/json"):
-                    status, content_type, body = json_page(upstream_page, self.path)
-                else:
-                    status, content_type, body = upstream_page(
-                        self.path, self.headers.get("Accept", "text/html")
-                    )
-                self.send_response(status)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                if self.command == "GET":
-                    self.wfile.write(body)
+            elif self.path.endswith("/json"):
+                send(self, json_page(upstream_page, self.path))
+            elif self.path.startswith("/simple/"):
+                send(self, upstream_page(self.path, self.headers.get("Accept", "text/html")))
             else:
                 self.send_error(404)
 

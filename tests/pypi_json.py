@@ -6,10 +6,10 @@ API (`/pypi/NAME/json`), and downloads and hashes every file of the release wher
 does not answer. The package mirror these machines reach as pypi.org serves the simple API
 but not that JSON API, so every pip lock downloaded about a thousand files again (3.5 min).
 
-`PypiJson` serves PyPI's simple API as it is and the JSON API built from the simple API's own
+`pypi_json` serves PyPI's simple API as it is and the JSON API built from the simple API's own
 hashes (PEP 691), on 127.0.0.1; the tests give it to pip as PIP_INDEX_URL, where a project
 leaves the index to pip. A lock made through it has the same pins and hashes as one made
-against PyPI. `json_api` builds the same answer for the tests' private index.
+against PyPI. The tests' private index answers its JSON API with `json_page` too.
 """
 
 import json
@@ -92,21 +92,27 @@ def json_page(simple_page: Callable[[str, str], Page], path: str) -> Page:
     return 200, "application/json", json.dumps(json_api(name, json.loads(body))).encode()
 
 
+def send(handler: BaseHTTPRequestHandler, page: Page) -> None:
+    """Answer the handler's request with `page` (its headers only, to a HEAD)."""
+    status, content_type, body = page
+    handler.send_response(status)
+    handler.send_header("Content-Type", content_type)
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    if handler.command != "HEAD":
+        handler.wfile.write(body)
+
+
 def _handler(simple_page: Callable[[str, str], Page]) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             path = self.path.split("?")[0]
             if path.endswith("/json"):
-                status, content_type, body = json_page(simple_page, path)
+                send(self, json_page(simple_page, path))
             elif path.startswith("/simple/"):
-                status, content_type, body = simple_page(path, self.headers.get("Accept", ""))
+                send(self, simple_page(path, self.headers.get("Accept", "")))
             else:
-                status, content_type, body = 404, "text/plain", b""
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+                send(self, (404, "text/plain", b""))
 
         def log_message(self, format: str, *args: object) -> None:
             pass
