@@ -222,6 +222,29 @@ def test_nginx_without_its_certificate_stops_naming_the_path(
         stack.compose("down", "-v", "--remove-orphans", check=False)
 
 
+@pytest.mark.docker
+@DOCKER_GROUP
+def test_nginx_on_localhost_serves_https_at_the_first_up_after_copy(
+    template: Path, tmp_path: Path
+) -> None:
+    """The after-copy message's last command, run as printed, with nothing in between: the
+    copy wrote a self-signed certificate for localhost (git-ignored), and nginx serves it."""
+    require_engine()
+    stack = render_stack(template, tmp_path / "project", "nginx", b"", domain="localhost")
+    cert = stack.project / "certs" / "fullchain.pem"
+    assert cert.is_file() and (stack.project / "certs" / "privkey.pem").is_file()
+    stack.trust = cert.read_bytes()  # self-signed: the certificate is its own root
+    assert "certs/" in (stack.project / ".gitignore").read_text().splitlines()
+    try:
+        stack.compose("up", "--build", "--wait")
+        answer = stack.get("/health")
+        assert answer.status == 200, answer
+        assert http_get_as(stack.http_port, "localhost", "/health")[0] == 308
+    finally:
+        stack.compose("down", "-v", "--remove-orphans", check=False)
+        docker("rmi", "-f", f"{stack.slug}:latest", check=False)
+
+
 # --- Caddy locally: its own CA, its healthcheck, the redirect to the published port ---------
 
 
