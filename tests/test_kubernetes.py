@@ -177,7 +177,9 @@ def test_manifests_follow_the_answers(answers: Answers, rendered: dict[str, Rend
         secret = item.find(overlay, "Secret", "app-secrets")
         assert bool(secret) == (database == "postgresql")
         ingress = item.get(overlay, "Ingress")
-        assert ingress["spec"]["ingressClassName"] == "nginx"
+        # The cluster's controller is likeliest the proxy the project already runs.
+        expected_class = "traefik" if answers["reverse_proxy"] == "traefik" else "nginx"
+        assert ingress["spec"]["ingressClassName"] == expected_class
     if database != "sqlite":
         assert item.get("prod", "Deployment")["spec"]["replicas"] == 3
 
