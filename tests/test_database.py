@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -886,3 +887,58 @@ def test_turning_migrations_on_adopts_the_tables_the_app_created(
     with serving(migrated, tmp_path / "after.log", env) as server:
         wait_for_ready(server)
         assert status(f"{server.url}/items/{item['id']}") == 200
+
+
+# The next release's migration, expand only: a nullable column the release before ignores.
+NEXT_RELEASE_MIGRATION = '''"""Add items.note."""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0002"
+down_revision = "0001"
+
+
+def upgrade() -> None:
+    op.add_column("items", sa.Column("note", sa.String(200), nullable=True))
+
+
+def downgrade() -> None:
+    op.drop_column("items", "note")
+'''
+
+
+def test_the_release_before_serves_on_the_schema_the_next_one_expanded(
+    projects: dict[str, Project], postgres: dict[str, str], tmp_path: Path
+) -> None:
+    """A rollout: the next release migrates (an added nullable column) while this one serves,
+    and this one keeps answering; restarted on that schema (a rollback, or a server restarted
+    mid-rollout) it starts without migrating, instead of failing on a revision it does not
+    know."""
+    current = projects["postgres_migrations"]
+    next_release = tmp_path / "next-release"
+    shutil.copytree(current.root, next_release, ignore=shutil.ignore_patterns(".venv"))
+    versions = next_release / "migrations" / "versions"
+    (versions / "0002_add_item_note.py").write_text(NEXT_RELEASE_MIGRATION)
+    env = project_env(**postgres, **ONE_WORKER)
+    alembic = [str(current.bin / "alembic")]  # the next release's code, the same libraries
+
+    with serving(current, tmp_path / "during.log", env) as server:
+        wait_for_ready(server)
+        before = post_item(server.url, "before")
+        for command in (["upgrade", "head"], ["current"]):
+            result = subprocess.run(
+                [*alembic, *command], cwd=next_release, env=env, capture_output=True, text=True
+            )
+            assert result.returncode == 0, result.stdout + result.stderr
+        assert "0002 (head)" in result.stdout
+        during = post_item(server.url, "during")
+        assert status(f"{server.url}/items/{before['id']}") == 200
+        server.check_alive()
+
+    with serving(current, tmp_path / "restarted.log", env) as server:
+        wait_for_ready(server)
+        assert status(f"{server.url}/items/{during['id']}") == 200
+        post_item(server.url, "after")
+    assert "a newer release's revision: not migrating" in server.output()
+    assert not errors_in(server.output()), server.output()[-3000:]
