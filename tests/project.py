@@ -5,6 +5,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
@@ -16,6 +17,8 @@ from typing import Any
 import copier
 import jinja2
 import yaml
+
+REPO = Path(__file__).resolve().parent.parent
 
 # uv must not download Pythons, and every pyenv Python must stay visible to child processes
 # (a pyenv shim otherwise narrows PYENV_VERSION to its own version).
@@ -105,6 +108,16 @@ def render(template: Path, dest: Path, answers: dict[str, Any], *, tasks: bool =
         skip_tasks=not tasks,
         quiet=True,
     )
+    return dest
+
+
+def render_with_secrets(template: Path, dest: Path, answers: dict[str, Any]) -> Path:
+    """Render (tasks skipped: no lock needed) and write the secret files as the copy task
+    does, so that Kubernetes' secret generators find them."""
+    render(template, dest, answers)
+    names = "postgres_password" if answers.get("database") == "postgresql" else ""
+    hook = [sys.executable, str(REPO / "hooks" / "write_secrets.py"), names]
+    subprocess.run(hook, cwd=dest, check=True, capture_output=True)
     return dest
 
 

@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from tests.test_kubernetes import KUBERNETES_VERSION, _render_with_secrets, dump, kustomize
+from tests.project import render_with_secrets
+from tests.test_kubernetes import KUBERNETES_VERSION, dump, kustomize
 
 CHECKER = Path(__file__).resolve().parent / "gateway_api"
 
@@ -39,7 +40,12 @@ def overlay_with_the_component(project: Path, overlay: str) -> Path:
     "answers",
     [
         {"reverse_proxy": "none", "database": "postgresql", "migrations": True},
-        {"reverse_proxy": "caddy", "database": "none", "domain": "api.example.com", "acme_email": "ops@example.com"},
+        {
+            "reverse_proxy": "caddy",
+            "database": "none",
+            "domain": "api.example.com",
+            "acme_email": "ops@example.com",
+        },
     ],
     ids=["any-host", "public-domain"],
 )
@@ -47,7 +53,7 @@ def test_an_overlay_with_the_component_routes_through_the_gateway(
     template: Path, tmp_path: Path, answers: dict[str, Any]
 ) -> None:
     project = tmp_path / "project"
-    _render_with_secrets((template, project, {**answers, "deploy_targets": ["kubernetes"]}))
+    render_with_secrets(template, project, {**answers, "deploy_targets": ["kubernetes"]})
     for overlay in ("dev", "prod"):
         plain = kustomize(project / "deploy" / "kubernetes" / "overlays" / overlay)
         assert [obj["kind"] for obj in plain].count("Ingress") == 1, "the Ingress by default"

@@ -25,25 +25,22 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.combinations import Answers, combination_id, deployment_combinations
+from tests.combinations import Answers, combination_id
+from tests.covering import answers_of, covering_array
 from tests.docker import docker, require_engine, unique_name
-from tests.project import free_port, http_get, render, wait_for_http
+from tests.project import free_port, http_get, render, render_with_secrets, wait_for_http
 
 REPO = Path(__file__).resolve().parent.parent
 KUBERNETES_VERSION = "1.32.0"
 OVERLAYS = ("dev", "prod")
-COMBINATIONS = [a for a in deployment_combinations() if "kubernetes" in a["deploy_targets"]]
+# The covering array's projects with this target (tests/covering.py).
+COMBINATIONS = [
+    answers
+    for answers in map(answers_of, covering_array().rows)
+    if "kubernetes" in answers["deploy_targets"]
+]
 
 pytestmark = pytest.mark.xdist_group("kubernetes")
-
-
-def _render_with_secrets(job: tuple[Path, Path, Answers]) -> None:
-    """Render (tasks skipped: no lock needed) and write the secret files as the copy task does."""
-    template, dest, answers = job
-    render(template, dest, answers)
-    names = "postgres_password" if answers["database"] == "postgresql" else ""
-    hook = [sys.executable, str(REPO / "hooks" / "write_secrets.py"), names]
-    subprocess.run(hook, cwd=dest, check=True, capture_output=True)
 
 
 def kustomize(overlay: Path) -> list[dict[str, Any]]:
@@ -79,7 +76,7 @@ def rendered(template: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[s
     root = tmp_path_factory.mktemp("kubernetes")
     jobs = [(template, root / f"k{i:02d}", answers) for i, answers in enumerate(COMBINATIONS)]
     with ProcessPoolExecutor(max_workers=2) as pool:
-        list(pool.map(_render_with_secrets, jobs))
+        list(pool.map(render_with_secrets, *zip(*jobs, strict=True)))
     found = {}
     for _, dest, answers in jobs:
         overlays = dest / "deploy" / "kubernetes" / "overlays"
@@ -100,8 +97,8 @@ def test_every_overlay_validates_strictly_against_kubernetes_1_32(
     rendered: dict[str, Rendered], tmp_path: Path
 ) -> None:
     files = [
-        str(dump(item.objects[overlay], tmp_path / f"{key}-{overlay}.yaml"))
-        for key, item in rendered.items()
+        str(dump(item.objects[overlay], tmp_path / f"{index}-{overlay}.yaml"))
+        for index, item in enumerate(rendered.values())
         for overlay in OVERLAYS
     ]
     validate = Path(sys.executable).parent / "kubernetes-validate"
@@ -177,8 +174,9 @@ def test_manifests_follow_the_answers(answers: Answers, rendered: dict[str, Rend
         secret = item.find(overlay, "Secret", "app-secrets")
         assert bool(secret) == (database == "postgresql")
         ingress = item.get(overlay, "Ingress")
-        # The cluster's controller is likeliest the proxy the project already runs.
-        expected_class = "traefik" if answers["reverse_proxy"] == "traefik" else "nginx"
+        # The answer, or by default the proxy the project already runs, likeliest the cluster's.
+        default_class = "traefik" if answers["reverse_proxy"] == "traefik" else "nginx"
+        expected_class = answers.get("ingress_class", default_class)
         assert ingress["spec"]["ingressClassName"] == expected_class
     if database != "sqlite":
         assert item.get("prod", "Deployment")["spec"]["replicas"] == 3
@@ -223,10 +221,10 @@ def test_checkov_passes_with_every_skip_justified_in_the_manifest(
     rendered: dict[str, Rendered], checkov: Path, tmp_path: Path
 ) -> None:
     # The proxy answer changes one setting only: one proxy is enough for the scanner.
-    for key, item in rendered.items():
+    for index, item in enumerate(rendered.values()):
         if item.answers["reverse_proxy"] == "external":
             for overlay in OVERLAYS:
-                dump(item.objects[overlay], tmp_path / f"{key}-{overlay}.yaml")
+                dump(item.objects[overlay], tmp_path / f"{index}-{overlay}.yaml")
     command = [str(checkov), "-d", str(tmp_path), "--framework", "kubernetes", "-o", "json"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=1800)
     reports = json.loads(result.stdout)

@@ -1,30 +1,23 @@
-"""Every combination of the choice questions renders a clean, consistent project."""
+"""Every project of the covering array (tests/covering.py) renders clean and consistent."""
 
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
-from tests.combinations import (
-    Answers,
-    combination_id,
-    deployment_combinations,
-    every_combination,
-    metrics_combinations,
-    tls_combinations,
-)
-from tests.project import render
+from tests.combinations import Answers, combination_id
+from tests.covering import answers_of, covering_array
+from tests.project import render_with_secrets
 
-# The full product of the choice questions, then lists of their own for the answers that change
-# only some files (crossing them with everything would multiply the renders).
-COMBINATIONS = (
-    every_combination() + metrics_combinations() + tls_combinations() + deployment_combinations()
-)
+COMBINATIONS = [answers_of(row) for row in covering_array().rows]
 pytestmark = pytest.mark.xdist_group("render")
 
 LEFTOVER = re.compile(r"\{\{|\{%|%\}|\{#")
@@ -36,12 +29,12 @@ GITHUB_EXPRESSION = re.compile(r"\$\{\{ [^}]* \}\}|\{\{(version|major|minor|patc
 
 
 def _render_one(job: tuple[Path, Path, Answers]) -> None:
-    render(*job)
+    render_with_secrets(*job)
 
 
 @pytest.fixture(scope="module")
 def rendered(template: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """All combinations, rendered once (tasks skipped) in parallel."""
+    """The covering array, rendered once (tasks skipped, secret files written) in parallel."""
     root = tmp_path_factory.mktemp("all")
     jobs = [(template, root / f"p{i:03d}", answers) for i, answers in enumerate(COMBINATIONS)]
     with ProcessPoolExecutor(max_workers=2) as pool:
@@ -154,3 +147,88 @@ def test_combination_renders_clean(
     for key, value in answers.items():
         if key != "migrations" or answers["database"] != "none":
             assert recorded[key] == value, key
+
+
+# --- Where the app writes --------------------------------------------------------------------
+
+ENV_DIRECTORY = re.compile(r"PROMETHEUS_MULTIPROC_DIR=(\S+)")
+VOLUME = re.compile(r"^VOLUME (\S+)$", re.MULTILINE)
+
+
+def app_writes(project: Path) -> set[str]:
+    """The directories the app's image writes to, read from its Dockerfile: /tmp, the
+    directories its settings point to, and its volumes."""
+    dockerfile = (project / "Dockerfile").read_text()
+    return {"/tmp", *ENV_DIRECTORY.findall(dockerfile), *VOLUME.findall(dockerfile)}
+
+
+def _compose_mounts(service: dict[str, Any]) -> set[str]:
+    mounts = {path.split(":")[0] for path in service.get("tmpfs", [])}
+    for volume in service.get("volumes", []):
+        mounts.add(volume.split(":")[1] if isinstance(volume, str) else volume["target"])
+    return mounts
+
+
+def _runs_the_app_image(project: Path, service: dict[str, Any]) -> bool:
+    slug = yaml.safe_load((project / ".copier-answers.yml").read_text())["project_slug"]
+    return "build" in service or str(service.get("image", "")).split(":")[0].endswith(slug)
+
+
+def unmounted_compose(project: Path, path: Path, writes: set[str]) -> list[str]:
+    services = yaml.safe_load(path.read_text())["services"]
+    return [
+        f"{path.relative_to(project)}: {name} writes {directory} on a read-only root"
+        for name, service in services.items()
+        if _runs_the_app_image(project, service) and service.get("read_only")
+        for directory in sorted(writes - _compose_mounts(service))
+    ]
+
+
+def _pod_specs(objects: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
+    for obj in objects:
+        spec = obj.get("spec", {})
+        template = spec.get("jobTemplate", {}).get("spec", spec).get("template")
+        if template:
+            yield f"{obj['kind']}/{obj['metadata']['name']}", template["spec"]
+
+
+def unmounted_kubernetes(project: Path, writes: set[str]) -> list[str]:
+    problems = []
+    for overlay in sorted((project / "deploy" / "kubernetes" / "overlays").iterdir()):
+        result = subprocess.run(
+            ["kubectl", "kustomize", str(overlay)], capture_output=True, text=True, timeout=60
+        )
+        assert result.returncode == 0, result.stderr
+        objects = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+        for where, pod in _pod_specs(objects):
+            for container in [*pod.get("initContainers", []), *pod["containers"]]:
+                security = container.get("securityContext", {})
+                if not security.get("readOnlyRootFilesystem") or container["image"].startswith(
+                    "postgres"
+                ):
+                    continue
+                mounted = {mount["mountPath"] for mount in container.get("volumeMounts", [])}
+                problems += [
+                    f"{overlay.name} {where} {container['name']}: writes {directory} on a "
+                    "read-only root"
+                    for directory in sorted(writes - mounted)
+                ]
+    return problems
+
+
+@pytest.mark.parametrize("answers", COMBINATIONS, ids=combination_id)
+def test_every_directory_the_app_writes_is_mounted_where_its_root_is_read_only(
+    answers: Answers, rendered: dict[str, Path]
+) -> None:
+    """Compose, the Swarm stack, and every pod of every Kubernetes overlay (the server and the
+    migration) give the app a volume or tmpfs wherever it writes."""
+    project = rendered[combination_id(answers)]
+    writes = app_writes(project)
+    problems = unmounted_compose(project, project / "compose.yaml", writes)
+    if "swarm" in answers["deploy_targets"]:
+        problems += unmounted_compose(project, project / "deploy/swarm/stack.yaml", writes)
+    if "kubernetes" in answers["deploy_targets"]:
+        if shutil.which("kubectl") is None:
+            pytest.skip("no kubectl (with kustomize v5) on PATH")
+        problems += unmounted_kubernetes(project, writes)
+    assert not problems, "\n".join(problems)

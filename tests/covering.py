@@ -1,0 +1,343 @@
+"""A covering array over every question of copier.yml, built from copier.yml itself.
+
+Each question enters as a parameter with the values that change what a project is: every choice
+of a choice question, every subset of a multiselect, both answers of a yes/no question, and for
+free text the classes of answers that render differently (`FREE_TEXT_CLASSES`). A question that
+copier would not ask (its `when` is false) takes no value in that row, and a row that one of
+copier.yml's validators refuses is not a project: such rows are counted as rejected, one example
+kept per message, so the tests can check that copier refuses them too.
+
+The array covers every pair of values of any two questions that some accepted row holds, and
+every triple over the questions that interact most (`INTERACTING`). It is built greedily, a row
+at a time, with a fixed seed: the same copier.yml gives the same array.
+"""
+
+import functools
+import itertools
+import random
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import jinja2.meta
+import yaml
+
+from tests.combinations import SIMPLE_INDEX
+
+REPO = Path(__file__).resolve().parent.parent
+
+# Answers whose text changes only the text it is quoted in: the hostile-text tests (test_answers)
+# cross their classes with the covering set instead.
+TEXT_ONLY = ("project_name", "project_slug", "project_identifier", "description", "author")
+# Free text whose answer changes what is rendered, by class: the first value is the default.
+FREE_TEXT_CLASSES: dict[str, list[Any]] = {
+    "package_index": ["", SIMPLE_INDEX],
+    "domain": ["localhost", "api.example.com"],
+    "forwarded_allow_ips": ["127.0.0.1", "10.0.0.0/8, 192.168.1.10"],
+    "ingress_class": [None, "internal-nginx"],  # None: copier's default, derived from the proxy
+}
+# Free text that must be valid where it is asked, and is otherwise only data.
+DERIVED = {"acme_email": "ops@example.com"}
+# Where answers interact most, every triple of their values is covered.
+INTERACTING = ("reverse_proxy", "deploy_targets", "process_model", "metrics", "database")
+SEED = 2026
+
+Row = dict[str, Any]  # question -> value, None where copier does not ask it
+
+
+def copier_config() -> dict[str, Any]:
+    return yaml.safe_load((REPO / "copier.yml").read_text())
+
+
+def questions() -> dict[str, dict[str, Any]]:
+    return {name: spec for name, spec in copier_config().items() if not name.startswith("_")}
+
+
+def choices(name: str) -> list[Any]:
+    """The values one question of copier.yml offers (a choice question's, in its order)."""
+    return list(questions()[name]["choices"].values())
+
+
+@functools.cache
+def _environment() -> jinja2.Environment:
+    # Copier's own Jinja setup: its filters and the template's includes.
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(REPO)),
+        extensions=["jinja2_ansible_filters.AnsibleCoreFiltersExtension"],
+    )
+
+
+@dataclass(frozen=True)
+class Expression:
+    """A Jinja text of copier.yml, evaluated by the answers it names (memoized on them)."""
+
+    source: str
+    names: tuple[str, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        environment = _environment()
+        parsed = environment.parse(self.source)
+        names = set(jinja2.meta.find_undeclared_variables(parsed))
+        for include in jinja2.meta.find_referenced_templates(parsed):
+            assert include is not None
+            text = Path(REPO / include).read_text()
+            names |= jinja2.meta.find_undeclared_variables(environment.parse(text))
+        object.__setattr__(self, "names", tuple(sorted(names)))
+
+    def render(self, context: Row) -> str:
+        key = tuple((name, _hashable(context.get(name))) for name in self.names)
+        return _render(self.source, key)
+
+
+@functools.cache
+def expression(source: str) -> Expression:
+    """Each text of copier.yml parsed once."""
+    return Expression(source)
+
+
+def _hashable(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
+@functools.cache
+def _render(source: str, key: tuple[tuple[str, Any], ...]) -> str:
+    context = {name: list(value) if isinstance(value, tuple) else value for name, value in key}
+    return _environment().from_string(source).render(context).strip()
+
+
+def _is_true(text: str) -> bool:
+    return text.lower() in {"true", "yes", "on", "1"}
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """One question of the array: its values, when it is asked, and what refuses an answer."""
+
+    name: str
+    values: tuple[Any, ...]
+    default: Any
+    when: Expression | None
+    validator: Expression | None
+
+    def asked(self, context: Row) -> bool:
+        return self.when is None or _is_true(self.when.render(context))
+
+
+def parameters() -> list[Parameter]:
+    """Every question of copier.yml that changes what is rendered, in copier.yml's order."""
+    found = []
+    for name, spec in questions().items():
+        if name in TEXT_ONLY or name in DERIVED:
+            continue
+        if spec.get("multiselect"):
+            options = list(spec["choices"].values())
+            values: list[Any] = [
+                list(subset)
+                for size in range(len(options) + 1)
+                for subset in itertools.combinations(options, size)
+            ]
+        elif "choices" in spec:
+            values = list(spec["choices"].values())
+        elif spec["type"] == "bool":
+            values = [True, False]
+        elif name in FREE_TEXT_CLASSES:
+            values = FREE_TEXT_CLASSES[name]
+        else:
+            raise AssertionError(
+                f"copier.yml's question {name} is in no class of tests/covering.py: add it to "
+                "TEXT_ONLY, DERIVED or FREE_TEXT_CLASSES"
+            )
+        when = spec.get("when")
+        # Free-text classes are valid by construction; a choice's validator refuses combinations.
+        validator = spec.get("validator") if name not in FREE_TEXT_CLASSES else None
+        found.append(
+            Parameter(
+                name,
+                tuple(values),
+                spec.get("default"),
+                expression(when) if isinstance(when, str) else None,
+                expression(validator) if validator else None,
+            )
+        )
+    return found
+
+
+def _defaults(params: list[Parameter]) -> Row:
+    """What copier renders with for a question it does not ask: its default."""
+    context: Row = {}
+    for param in params:
+        default = param.default
+        if isinstance(default, str) and "{" in default:
+            default = expression(default).render(context)
+        context[param.name] = default
+    return context
+
+
+def _context(params: list[Parameter], row: Row) -> Row:
+    context = _defaults(params)
+    context.update({name: value for name, value in row.items() if value is not None})
+    if context.get("ingress_class") is None:
+        ingress = next(p for p in params if p.name == "ingress_class")
+        context["ingress_class"] = expression(ingress.default).render(context)
+    return context
+
+
+@dataclass
+class Rejection:
+    message: str
+    example: Row
+    count: int = 0
+
+
+def _options(
+    params: list[Parameter], index: int, row: Row, rejected: dict[str, Rejection]
+) -> list[Any]:
+    """The values question `index` may take after the answers in `row` (None: not asked)."""
+    param = params[index]
+    context = _context(params, row)
+    if not param.asked(context):
+        return [None]
+    accepted = []
+    for value in param.values:
+        message = param.validator.render({**context, param.name: value}) if param.validator else ""
+        if message:
+            entry = rejected.setdefault(message, Rejection(message, {**row, param.name: value}))
+            entry.count += 1
+        else:
+            accepted.append(value)
+    return accepted
+
+
+def _rows(params: list[Parameter], rejected: dict[str, Rejection]) -> Iterator[Row]:
+    """Every accepted row (depth first, in question order)."""
+
+    def walk(index: int, row: Row) -> Iterator[Row]:
+        if index == len(params):
+            yield dict(row)
+            return
+        for value in _options(params, index, row, rejected):
+            row[params[index].name] = value
+            yield from walk(index + 1, row)
+        row.pop(params[index].name, None)
+
+    return walk(0, {})
+
+
+Tuple = tuple[tuple[str, Any], ...]
+
+
+def _key(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _tuples(row: Row, groups: list[tuple[str, ...]]) -> Iterator[Tuple]:
+    for group in groups:
+        yield tuple((name, _key(row[name])) for name in group)
+
+
+@dataclass
+class CoveringArray:
+    rows: list[Row]
+    pairs: int  # pairs of values that some accepted row holds
+    triples: int  # triples over INTERACTING, likewise
+    accepted: int  # rows of the whole space that copier.yml accepts
+    rejected: list[Rejection]
+    seconds: float
+
+
+def _groups(names: list[str]) -> list[tuple[str, ...]]:
+    interacting = [name for name in names if name in INTERACTING]
+    return [*itertools.combinations(names, 2), *itertools.combinations(interacting, 3)]
+
+
+@functools.cache
+def covering_array() -> CoveringArray:
+    start = time.perf_counter()
+    params = parameters()
+    names = [param.name for param in params]
+    groups = _groups(names)
+    rejected: dict[str, Rejection] = {}
+    required: set[Tuple] = set()
+    space = list(_rows(params, rejected))
+    columns = [tuple(_key(row[name]) for row in space) for name in names]
+    for group in groups:
+        projected = zip(*(columns[names.index(name)] for name in group), strict=True)
+        required.update(tuple(zip(group, values, strict=True)) for values in set(projected))
+    pair_count = sum(1 for t in required if len(t) == 2)
+    uncovered = set(required)
+    by_last: dict[str, list[tuple[str, ...]]] = {name: [] for name in names}
+    for group in groups:
+        by_last[max(group, key=names.index)].append(group)
+    rng = random.Random(SEED)
+    rows: list[Row] = []
+    while uncovered:
+        best: tuple[int, Row] | None = None
+        for _ in range(12):
+            row = _greedy_row(params, by_last, uncovered, rng)
+            gain = len(uncovered.intersection(_tuples(row, groups)))
+            if best is None or gain > best[0]:
+                best = (gain, row)
+        assert best is not None
+        if best[0] == 0:  # the greedy walk missed what is left: an accepted row holding it
+            wanted = next(iter(uncovered))
+            best = (1, next(r for r in space if all(_key(r[n]) == v for n, v in wanted)))
+        rows.append(best[1])
+        uncovered.difference_update(_tuples(best[1], groups))
+    return CoveringArray(
+        rows=rows,
+        pairs=pair_count,
+        triples=len(required) - pair_count,
+        accepted=len(space),
+        rejected=list(rejected.values()),
+        seconds=time.perf_counter() - start,
+    )
+
+
+def _greedy_row(
+    params: list[Parameter],
+    by_last: dict[str, list[tuple[str, ...]]],
+    uncovered: set[Tuple],
+    rng: random.Random,
+) -> Row:
+    """One row, question by question: the value completing the most uncovered tuples with the
+    answers already chosen (ties broken at random)."""
+    row: Row = {}
+    for index, param in enumerate(params):
+        options = _options(params, index, row, {})
+        scored = []
+        for value in options:
+            row[param.name] = value
+            gain = sum(t in uncovered for t in _tuples(row, by_last[param.name]))
+            scored.append((gain, rng.random(), value))
+        row[param.name] = max(scored, key=lambda item: (item[0], item[1]))[2]
+    return row
+
+
+def row_of(answers: dict[str, Any]) -> Row:
+    """The row of an answer set: each question's answer (its default where the answers leave
+    it), None where copier would not ask it."""
+    params = parameters()
+    row: Row = {}
+    for param in params:
+        if not param.asked(_context(params, row)):
+            row[param.name] = None
+        elif param.name in answers:
+            row[param.name] = answers[param.name]
+        else:
+            row[param.name] = None if param.name == "ingress_class" else param.default
+    return row
+
+
+def answers_of(row: Row) -> dict[str, Any]:
+    """The --data of a row: the questions copier asks, and a valid text where one is needed."""
+    answers = {name: value for name, value in row.items() if value is not None}
+    params = parameters()
+    context = _context(params, row)
+    for name, text in DERIVED.items():
+        when = questions()[name].get("when")
+        if when is None or _is_true(expression(when).render(context)):
+            answers[name] = text
+    return answers
