@@ -341,3 +341,20 @@ def answers_of(row: Row) -> dict[str, Any]:
         if when is None or _is_true(expression(when).render(context)):
             answers[name] = text
     return answers
+
+
+def run_for_real(target: str, groups: list[tuple[str, ...]]) -> list[dict[str, Any]]:
+    """A handful of the array's projects with this deployment target, chosen so that each
+    combination of values of each group of questions that they hold is in one of them."""
+    rows = [row for row in covering_array().rows if target in row["deploy_targets"]]
+
+    def held(row: Row) -> set[Tuple]:
+        return set(_tuples(row, groups))
+
+    wanted = set().union(*map(held, rows))
+    chosen: list[Row] = []
+    while wanted:
+        best = max(rows, key=lambda row: len(held(row) & wanted))
+        chosen.append(best)
+        wanted -= held(best)
+    return [answers_of(row) for row in chosen]

@@ -26,9 +26,9 @@ import pytest
 import yaml
 
 from tests.combinations import Answers, combination_id
-from tests.covering import answers_of, covering_array
+from tests.covering import answers_of, covering_array, run_for_real
 from tests.docker import docker, require_engine, unique_name
-from tests.project import free_port, http_get, render, render_with_secrets, wait_for_http
+from tests.project import free_port, http_get, render, render_with_secrets
 
 REPO = Path(__file__).resolve().parent.parent
 KUBERNETES_VERSION = "1.32.0"
@@ -248,6 +248,13 @@ RUN_ANSWERS: Answers = {
     "reverse_proxy": "external",
     "deploy_targets": ["kubernetes"],
 }
+# A handful of the array's Kubernetes projects, chosen so that each process model meets each
+# metrics answer and each database runs once. Their image is built with uv whatever the tool:
+# the pod runs the same server on the same files (test_projects locks and runs every tool).
+RUN_FOR_REAL = [
+    {**answers, "dependency_tool": "uv", "package_index": ""}
+    for answers in run_for_real("kubernetes", [("process_model", "metrics"), ("database",)])
+]
 
 
 def docker_run_args(
@@ -271,8 +278,142 @@ def docker_run_args(
         elif "secret" in volume:
             assert secrets is not None
             args += ["--mount", f"type=bind,source={secrets},target={mount['mountPath']},readonly"]
-    args += ["--entrypoint", container["command"][0]]
+        elif "persistentVolumeClaim" in volume:
+            args += ["--mount", f"type=volume,target={mount['mountPath']}"]
+    if "command" in container:
+        args += ["--entrypoint", container["command"][0]]
     return args
+
+
+def container_argv(container: dict[str, Any]) -> list[str]:
+    """What follows the image in `docker run`: the command's arguments (its first word is the
+    entrypoint above), then the container's args."""
+    return [*container.get("command", [])[1:], *container["args"]]
+
+
+class Pod:
+    """The dev overlay's Deployment of a rendered project, run in Docker as the kubelet would:
+    its settings, Secret files, PostgreSQL (the overlay's StatefulSet, where it has one), init
+    containers in turn, then the server, published on a loopback port."""
+
+    def __init__(self, item: Rendered, tmp_path: Path) -> None:
+        self.item = item
+        self.spec = item.get("dev", "Deployment")["spec"]["template"]["spec"]
+        self.settings = item.get("dev", "ConfigMap", "app-settings")["data"]
+        self.secrets = self._secret_files(tmp_path / "secrets")
+        self.tmp_path = tmp_path
+        self.network = unique_name("tt-k8s-net")
+        self.containers: list[str] = []
+        self.port = free_port()
+
+    def _secret_files(self, directory: Path) -> Path | None:
+        """The Secret volume: one file per key, mode as declared, group fsGroup."""
+        secret = self.item.find("dev", "Secret", "app-secrets")
+        if secret is None:
+            return None
+        directory.mkdir()
+        volume = next(v for v in self.spec["volumes"] if v["name"] == "secrets")
+        for key, encoded in secret["data"].items():
+            path = directory / key
+            path.write_bytes(base64.b64decode(encoded))
+            os.chown(path, 0, self.spec["securityContext"]["fsGroup"])
+            path.chmod(volume["secret"]["defaultMode"])
+        return directory
+
+    def __enter__(self) -> "Pod":
+        docker("network", "create", self.network)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for name in self.containers:
+            docker("rm", "-f", "-v", name, check=False)
+        docker("network", "rm", self.network, check=False)
+
+    def start_database(self) -> None:
+        """The dev overlay's PostgreSQL, under its Service's name."""
+        database = self.item.get("dev", "StatefulSet", "postgres")["spec"]["template"]["spec"]
+        db = database["containers"][0]
+        name = unique_name("tt-k8s-db")
+        self.containers.append(name)
+        run = ["run", "-d", "--name", name, "--network", self.network]
+        run += ["--network-alias", "postgres"]
+        for e in db["env"]:
+            if "valueFrom" in e:
+                run += [
+                    "-e",
+                    f"{e['name']}={self.settings[e['valueFrom']['configMapKeyRef']['key']]}",
+                ]
+            else:
+                run += ["-e", f"{e['name']}={e['value']}"]
+        # A helper here, not the pod under test: its own copy of the Secret, readable by all.
+        assert self.secrets is not None
+        db_secrets = self.tmp_path / "db-secrets"
+        shutil.copytree(self.secrets, db_secrets)
+        for path in db_secrets.iterdir():
+            path.chmod(0o444)
+        run += ["--mount", f"type=bind,source={db_secrets},target=/run/secrets,readonly"]
+        docker(*run, db["image"])
+
+    def run_init_containers(self) -> list[str]:
+        """Each init container to its end, as the kubelet runs them; their output."""
+        outputs = []
+        for init in self.spec.get("initContainers", []):
+            name = unique_name("tt-k8s-init")
+            self.containers.append(name)
+            args = docker_run_args(self.spec, init, self.settings, self.secrets)
+            run = ["run", "--name", name, "--network", self.network, *args, init["image"]]
+            result = docker(*run, *container_argv(init), check=False, timeout=300)
+            assert result.returncode == 0, result.stdout + result.stderr
+            outputs.append(result.stdout + result.stderr)
+        return outputs
+
+    def start_server(self) -> str:
+        """The app container, published on a loopback port; its name."""
+        app = self.spec["containers"][0]
+        name = unique_name("tt-k8s-app")
+        self.containers.append(name)
+        args = docker_run_args(self.spec, app, self.settings, self.secrets)
+        port = app["ports"][0]["containerPort"]
+        publish = ["-p", f"127.0.0.1:{self.port}:{port}"]
+        run = ["run", "-d", "--name", name, "--network", self.network, *publish, *args]
+        docker(*run, app["image"], *container_argv(app))
+        return name
+
+    def probe(self, name: str) -> str:
+        """The startup, liveness and readiness probes, as the kubelet sends them; the base URL."""
+        app = self.spec["containers"][0]
+        base = f"http://127.0.0.1:{self.port}"
+        startup = app["startupProbe"]
+        deadline = time.monotonic() + startup["periodSeconds"] * startup["failureThreshold"]
+        while _status(base + startup["httpGet"]["path"]) != 200:
+            running = docker("inspect", "-f", "{{.State.Running}}", name).stdout.strip()
+            if running != "true" or time.monotonic() > deadline:
+                logs = docker("logs", name, check=False)
+                raise AssertionError(
+                    f"{name} never started\n{logs.stdout[-3000:]}{logs.stderr[-3000:]}"
+                )
+            time.sleep(startup["periodSeconds"] / 4)
+        assert http_get(base + app["livenessProbe"]["httpGet"]["path"])[0] == 200
+        ready = base + app["readinessProbe"]["httpGet"]["path"]
+        until = time.monotonic() + 30
+        while http_get(ready)[0] != 200 and time.monotonic() < until:
+            time.sleep(0.5)
+        assert http_get(ready)[0] == 200
+        return base
+
+
+def _status(url: str) -> int:
+    """The status of a GET, or 0 while nothing answers."""
+    try:
+        return http_get(url)[0]
+    except OSError:
+        return 0
+
+
+def build_declared_image(item: Rendered) -> str:
+    image = item.get("dev", "Deployment")["spec"]["template"]["spec"]["containers"][0]["image"]
+    docker("build", "-t", image, ".", cwd=item.project)
+    return image
 
 
 @pytest.fixture(scope="module")
@@ -288,8 +429,7 @@ def declared(template: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     )
     overlay = project / "deploy" / "kubernetes" / "overlays" / "dev"
     item = Rendered(RUN_ANSWERS, project, {"dev": kustomize(overlay)})
-    image = item.get("dev", "Deployment")["spec"]["template"]["spec"]["containers"][0]["image"]
-    docker("build", "-t", image, ".", cwd=project)
+    image = build_declared_image(item)
     try:
         yield item
     finally:
@@ -300,94 +440,14 @@ def declared(template: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 def test_pod_spec_runs_as_declared_migration_then_probes(
     declared: Rendered, tmp_path: Path
 ) -> None:
-    deployment = declared.get("dev", "Deployment")
-    pod = deployment["spec"]["template"]["spec"]
-    settings = declared.get("dev", "ConfigMap", "app-settings")["data"]
-    secret = declared.get("dev", "Secret", "app-secrets")
-    # The Secret volume: one file per key, mode 0440, group fsGroup.
-    secrets = tmp_path / "secrets"
-    secrets.mkdir()
-    mode = pod["volumes"][[v["name"] for v in pod["volumes"]].index("secrets")]["secret"]
-    for key, encoded in secret["data"].items():
-        path = secrets / key
-        path.write_bytes(base64.b64decode(encoded))
-        os.chown(path, 0, pod["securityContext"]["fsGroup"])
-        path.chmod(mode["defaultMode"])
-    password = (secrets / "postgres_password").read_text().strip()
-
-    network = unique_name("tt-k8s-net")
-    docker("network", "create", network)
-    names: list[str] = []
-    try:
-        # The dev overlay's PostgreSQL, under its Service's name.
-        database = declared.get("dev", "StatefulSet", "postgres")["spec"]["template"]["spec"]
-        db = database["containers"][0]
-        db_env = [
-            f"{e['name']}={settings[e['valueFrom']['configMapKeyRef']['key']]}"
-            if "valueFrom" in e
-            else f"{e['name']}={e['value']}"
-            for e in db["env"]
-        ]
-        db_name = unique_name("tt-k8s-db")
-        names.append(db_name)
-        run_db = [
-            "run",
-            "-d",
-            "--name",
-            db_name,
-            "--network",
-            network,
-            "--network-alias",
-            "postgres",
-        ]
-        for line in db_env:
-            run_db += ["-e", line]
-        # A helper here, not the pod under test: its own copy of the Secret, readable by all.
-        db_secrets = tmp_path / "db-secrets"
-        shutil.copytree(secrets, db_secrets)
-        for path in db_secrets.iterdir():
-            path.chmod(0o444)
-        run_db += ["--mount", f"type=bind,source={db_secrets},target=/run/secrets,readonly"]
-        docker(*run_db, db["image"])
-
-        init = pod["initContainers"][0]
-        migrate = unique_name("tt-k8s-migrate")
-        names.append(migrate)
-        args = docker_run_args(pod, init, settings, secrets)
-        run = ["run", "--name", migrate, "--network", network, *args, init["image"]]
-        result = docker(*run, *init["command"][1:], *init["args"], check=False, timeout=300)
-        assert result.returncode == 0, result.stdout + result.stderr
-        assert "Running upgrade" in result.stdout + result.stderr
-
-        app = pod["containers"][0]
-        server = unique_name("tt-k8s-app")
-        names.append(server)
-        port = free_port()
-        args = docker_run_args(pod, app, settings, secrets)
-        publish = ["-p", f"127.0.0.1:{port}:{app['ports'][0]['containerPort']}"]
-        docker(
-            "run",
-            "-d",
-            "--name",
-            server,
-            "--network",
-            network,
-            *publish,
-            *args,
-            app["image"],
-            *app["command"][1:],
-            *app["args"],
-        )
-        base = f"http://127.0.0.1:{port}"
-        startup = app["startupProbe"]
-        deadline = startup["periodSeconds"] * startup["failureThreshold"]
-        assert wait_for_http(base + startup["httpGet"]["path"], timeout=deadline) == 200
-        assert http_get(base + app["livenessProbe"]["httpGet"]["path"])[0] == 200
-        ready = base + app["readinessProbe"]["httpGet"]["path"]
-        until = time.monotonic() + 30
-        while http_get(ready)[0] != 200 and time.monotonic() < until:
-            time.sleep(0.5)
-        assert http_get(ready)[0] == 200
+    with Pod(declared, tmp_path) as pod:
+        assert pod.secrets is not None
+        password = (pod.secrets / "postgres_password").read_text().strip()
+        pod.start_database()
+        (migration,) = pod.run_init_containers()
+        assert "Running upgrade" in migration
+        server = pod.start_server()
+        pod.probe(server)
         inspected = docker("inspect", server).stdout
         assert password not in inspected, "the secret is a file, not in the container's config"
         found = json.loads(inspected)[0]["HostConfig"]
@@ -396,7 +456,35 @@ def test_pod_spec_runs_as_declared_migration_then_probes(
         assert user == "10001"
         write = docker("exec", server, "touch", "/srv/x", check=False)
         assert write.returncode != 0, "the root filesystem is read-only"
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize("answers", RUN_FOR_REAL, ids=combination_id)
+def test_pod_of_each_chosen_project_serves_health_and_metrics(
+    answers: Answers, template: Path, tmp_path: Path
+) -> None:
+    """The array's chosen projects run as their pod spec declares them (read-only root, the
+    volumes and user declared, every capability dropped) and answer their probes, and
+    /metrics where it is on."""
+    require_engine()
+    project = render(
+        template, tmp_path / "p", {**answers, "project_slug": unique_name("tt-k8s")}, tasks=True
+    )
+    overlay = project / "deploy" / "kubernetes" / "overlays" / "dev"
+    item = Rendered(answers, project, {"dev": kustomize(overlay)})
+    image = build_declared_image(item)
+    try:
+        with Pod(item, tmp_path) as pod:
+            if item.find("dev", "StatefulSet", "postgres"):
+                pod.start_database()
+            pod.run_init_containers()
+            server = pod.start_server()
+            base = pod.probe(server)
+            if answers["metrics"] == "prometheus":
+                for _ in range(3):
+                    http_get(base + "/health")
+                status, body = http_get(base + "/metrics")
+                assert status == 200
+                assert b'http_requests_total{method="GET",route="/health",status="200"}' in body
     finally:
-        for name in names:
-            docker("rm", "-f", "-v", name, check=False)
-        docker("network", "rm", network, check=False)
+        docker("rmi", "-f", image, check=False)
