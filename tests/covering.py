@@ -61,6 +61,16 @@ def choices(name: str) -> list[Any]:
     return list(questions()[name]["choices"].values())
 
 
+def compose_proxies() -> list[str]:
+    """The reverse proxies that run in the compose file: those for which copier asks a domain."""
+    domain = expression(questions()["domain"]["when"])
+    return [
+        proxy
+        for proxy in choices("reverse_proxy")
+        if _is_true(domain.render({"reverse_proxy": proxy}))
+    ]
+
+
 @functools.cache
 def _environment() -> jinja2.Environment:
     # Copier's own Jinja setup: its filters and the template's includes.

@@ -1,5 +1,6 @@
 """Every project of the covering array (tests/covering.py) renders clean and consistent."""
 
+import json
 import re
 import shutil
 import subprocess
@@ -14,8 +15,11 @@ import pytest
 import yaml
 
 from tests.combinations import Answers, combination_id
-from tests.covering import answers_of, covering_array
+from tests.covering import answers_of, compose_proxies, covering_array
+from tests.docker import docker, require_engine
 from tests.project import render_with_secrets
+
+REPO = Path(__file__).resolve().parent.parent
 
 COMBINATIONS = [answers_of(row) for row in covering_array().rows]
 pytestmark = pytest.mark.xdist_group("render")
@@ -29,7 +33,14 @@ GITHUB_EXPRESSION = re.compile(r"\$\{\{ [^}]* \}\}|\{\{(version|major|minor|patc
 
 
 def _render_one(job: tuple[Path, Path, Answers]) -> None:
-    render_with_secrets(*job)
+    """Render, then write what the copy's tasks write but the lock: `.env`, the secret files,
+    nginx's certificate (for a public domain too: the files it would be given)."""
+    project = render_with_secrets(*job)
+    hooks = REPO / "hooks"
+    subprocess.run([sys.executable, str(hooks / "write_env.py")], cwd=project, check=True)
+    if job[2].get("reverse_proxy") == "nginx":
+        certificate = [sys.executable, str(hooks / "write_certificate.py")]
+        subprocess.run(certificate, cwd=project, check=True, capture_output=True)
 
 
 @pytest.fixture(scope="module")
@@ -232,3 +243,67 @@ def test_every_directory_the_app_writes_is_mounted_where_its_root_is_read_only(
             pytest.skip("no kubectl (with kustomize v5) on PATH")
         problems += unmounted_kubernetes(project, writes)
     assert not problems, "\n".join(problems)
+
+
+# --- Each tool's own check ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("answers", COMBINATIONS, ids=combination_id)
+def test_docker_compose_accepts_the_compose_file_and_the_stack(
+    answers: Answers, rendered: dict[str, Path]
+) -> None:
+    """The compose file as `docker compose` reads it (with .env), and the Swarm stack as its
+    README deploys it: the settings of .env exported, an image named."""
+    if shutil.which("docker") is None:
+        pytest.skip("no docker client (with the compose plugin) on PATH")
+    project = rendered[combination_id(answers)]
+    result = docker("compose", "config", "--quiet", cwd=project, check=False)
+    assert result.returncode == 0, f"compose.yaml: {result.stderr}"
+    if "swarm" in answers["deploy_targets"]:
+        stack = "docker compose -f deploy/swarm/stack.yaml config --quiet"
+        command = f"set -a && . ./.env && set +a && IMAGE=registry.example.com/app:1 {stack}"
+        result = subprocess.run(
+            ["bash", "-c", command], cwd=project, capture_output=True, text=True, timeout=60
+        )
+        assert result.returncode == 0, f"stack.yaml: {result.stderr}"
+
+
+# How each proxy that runs in compose checks its configuration, inside its own image with the
+# compose file's mounts and environment. Traefik has no check command: it runs for a few seconds
+# and must neither stop nor log an error.
+PROXY_CHECKS = {
+    "nginx": ["nginx", "-t"],
+    "caddy": ["caddy", "validate", "--config", "/etc/caddy/Caddyfile", "--adapter", "caddyfile"],
+    "traefik": ["--entrypoint", "timeout", "proxy", "5", "traefik"],
+}
+
+
+def _proxy_check(project: Path, proxy: str) -> subprocess.CompletedProcess[str]:
+    run = ["compose", "run", "--rm", "--no-deps"]
+    if proxy != "traefik":
+        return docker(*run, "proxy", *PROXY_CHECKS[proxy], cwd=project, check=False)
+    config = json.loads(docker("compose", "config", "--format", "json", cwd=project).stdout)
+    flags = config["services"]["proxy"].get("command", [])
+    return docker(*run, *PROXY_CHECKS[proxy], *flags, cwd=project, check=False)
+
+
+def test_every_proxy_in_compose_has_its_check() -> None:
+    assert set(PROXY_CHECKS) == set(compose_proxies())
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize(
+    "answers",
+    [a for a in COMBINATIONS if a["reverse_proxy"] in PROXY_CHECKS],
+    ids=combination_id,
+)
+def test_the_proxy_accepts_its_configuration(answers: Answers, rendered: dict[str, Path]) -> None:
+    require_engine()
+    proxy = answers["reverse_proxy"]
+    result = _proxy_check(rendered[combination_id(answers)], proxy)
+    output = result.stdout + result.stderr
+    if proxy == "traefik":
+        assert result.returncode == 124, output  # still running when timeout stopped it
+        assert '"level":"error"' not in output and " ERR " not in output, output
+    else:
+        assert result.returncode == 0, output
