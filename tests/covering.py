@@ -48,12 +48,29 @@ SEED = 2026
 Row = dict[str, Any]  # question -> value, None where copier does not ask it
 
 
+@functools.cache
 def copier_config() -> dict[str, Any]:
     return yaml.safe_load((REPO / "copier.yml").read_text())
 
 
+@functools.cache
 def questions() -> dict[str, dict[str, Any]]:
-    return {name: spec for name, spec in copier_config().items() if not name.startswith("_")}
+    """The questions copier asks (where their `when` holds)."""
+    return {
+        name: spec
+        for name, spec in copier_config().items()
+        if not name.startswith("_") and spec.get("when") is not False
+    }
+
+
+@functools.cache
+def computed() -> dict[str, dict[str, Any]]:
+    """The values copier.yml computes from the answers (`when: false`): never asked."""
+    return {
+        name: spec
+        for name, spec in copier_config().items()
+        if not name.startswith("_") and spec.get("when") is False
+    }
 
 
 def choices(name: str) -> list[Any]:
@@ -62,12 +79,12 @@ def choices(name: str) -> list[Any]:
 
 
 def compose_proxies() -> list[str]:
-    """The reverse proxies that run in the compose file: those for which copier asks a domain."""
-    domain = expression(questions()["domain"]["when"])
+    """The reverse proxies that run in the compose file, as copier.yml computes them."""
+    in_compose = expression(computed()["proxy_in_compose"]["default"])
     return [
         proxy
         for proxy in choices("reverse_proxy")
-        if _is_true(domain.render({"reverse_proxy": proxy}))
+        if _is_true(in_compose.render({"reverse_proxy": proxy}))
     ]
 
 
@@ -189,6 +206,9 @@ def _defaults(params: list[Parameter]) -> Row:
 def _context(params: list[Parameter], row: Row) -> Row:
     context = _defaults(params)
     context.update({name: value for name, value in row.items() if value is not None})
+    for name, spec in computed().items():
+        value = expression(spec["default"]).render(context)
+        context[name] = _is_true(value) if spec["type"] == "bool" else value
     if context.get("ingress_class") is None:
         ingress = next(p for p in params if p.name == "ingress_class")
         context["ingress_class"] = expression(ingress.default).render(context)
