@@ -89,6 +89,37 @@ def test_only_the_top_level_grants_and_actions_pin_commits(
     assert all("timeout-minutes" in job for job in ci["jobs"].values())
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_template_update_writes_only_from_a_job_that_runs_none_of_the_projects_code(
+    family: str, families: dict[str, Path]
+) -> None:
+    """copier (the template's tasks), the install and the checks run with a read-only token;
+    the job that may push gets only their result (a bundle) and runs git and gh on it."""
+    workflow = workflows(families[family])["template-update.yml"]
+    update, pull_request = workflow["jobs"]["update"], workflow["jobs"]["pull-request"]
+    writers = [
+        job
+        for job, spec in workflow["jobs"].items()
+        if "write" in spec.get("permissions", {}).values()
+    ]
+    assert writers == ["pull-request"]
+    assert update["permissions"] == {"contents": "read"}
+    assert any("scripts/template_update.py" in step.get("run", "") for step in update["steps"])
+    assert pull_request["needs"] == "update"
+    assert [step.get("uses", "run").split("@")[0] for step in pull_request["steps"]] == [
+        "actions/download-artifact",
+        "run",
+    ]
+    push = pull_request["steps"][-1]
+    commands = {line.split()[0] for line in push["run"].splitlines()}
+    assert commands == {"git", "gh", 'number="$(gh', "if", "else"}, commands
+    for project_code in ("scripts/", "python", "uv ", "poetry", "pip ", "copier", "pytest"):
+        assert project_code not in push["run"]
+    # The branch is named by this job, never by what the update job's code output.
+    assert push["env"]["BRANCH"] == "template-update"
+    assert "needs.update.outputs.branch" not in str(push)
+
+
 @pytest.mark.parametrize("family", [name for name in FAMILIES if "-index" in name])
 def test_index_credentials_reach_only_the_steps_that_need_them(
     family: str, families: dict[str, Path]
