@@ -39,10 +39,14 @@ FAMILIES: dict[str, Answers] = {
 }
 
 
-def zizmor_findings(projects: list[Path]) -> dict[Path, list[str]]:
-    """zizmor's findings of medium severity or above (inline-ignored ones excluded), by project."""
+def zizmor_findings(
+    projects: list[Path], persona: str = "regular", min_severity: str = "medium"
+) -> dict[Path, list[str]]:
+    """zizmor's findings of `min_severity` or above (inline-ignored ones excluded), by project;
+    the auditor persona also reports what the regular one leaves out as likely noise."""
     result = subprocess.run(
-        [str(BIN / "zizmor"), "--offline", "--format", "json", "--min-severity", "medium"]
+        [str(BIN / "zizmor"), "--offline", "--format", "json", f"--persona={persona}"]
+        + ["--min-severity", min_severity]
         + [str(project) for project in projects],
         capture_output=True,
         text=True,

@@ -17,13 +17,15 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.combinations import Answers
+from tests.combinations import COVERING_SET, Answers, combination_id
 from tests.github import FAMILIES, schema_findings, zizmor_findings
 from tests.project import render
 
 pytestmark = pytest.mark.xdist_group("github")
 
 PINNED = re.compile(r"^[\w.-]+/[\w./-]+@[0-9a-f]{40} # v\d+\.\d+\.\d+$")
+# An image by tag and the digest of that tag's build: readable, and immutable.
+IMAGE_PINNED = re.compile(r"^[\w./-]+:[\w.-]+@sha256:[0-9a-f]{64}$")
 
 
 def _render(job: tuple[Path, Path, Answers]) -> None:
@@ -38,6 +40,16 @@ def families(template: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[s
     with ProcessPoolExecutor(max_workers=2) as pool:
         list(pool.map(_render, jobs))
     return {name: root / name for name in FAMILIES}
+
+
+@pytest.fixture(scope="module")
+def covering(template: Path, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """The projects of tests/combinations.py COVERING_SET (tasks skipped)."""
+    root = tmp_path_factory.mktemp("covering")
+    jobs = [(template, root / combination_id(answers), answers) for answers in COVERING_SET]
+    with ProcessPoolExecutor(max_workers=2) as pool:
+        list(pool.map(_render, jobs))
+    return [dest for _, dest, _ in jobs]
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +70,32 @@ def test_workflows_pass_zizmor_and_their_schemas(
         "template-update.yml",
     }
     assert findings[project] == []
+
+
+def test_auditor_persona_finds_nothing_of_high_severity(
+    families: dict[str, Path], covering: list[Path]
+) -> None:
+    """zizmor's auditor persona (false positives allowed) on every family and the covering set:
+    nothing high, such as a service container whose image a registry could swap."""
+    found = zizmor_findings([*families.values(), *covering], "auditor", "high")
+    assert {str(project): high for project, high in found.items() if high} == {}
+
+
+def test_service_containers_are_pinned_by_digest(families: dict[str, Path]) -> None:
+    images = [
+        (name, job, service["image"])
+        for project in families.values()
+        for name, workflow in workflows(project).items()
+        for job, spec in workflow["jobs"].items()
+        for service in spec.get("services", {}).values()
+    ]
+    assert {(name, job) for name, job, _ in images} == {
+        ("ci.yml", "check"),
+        ("template-update.yml", "update"),
+    }
+    for name, job, image in images:
+        assert IMAGE_PINNED.match(image), f"{name} {job}: {image}"
+        assert image.startswith("postgres:17@"), f"{name} {job}: {image}"
 
 
 def workflows(project: Path) -> dict[str, dict[Any, Any]]:
