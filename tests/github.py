@@ -20,7 +20,8 @@ SCHEMAS = {
 
 # The answers that change what .github/ renders: the tool (setup, cache, Dependabot
 # ecosystem), a package index (credentials, registry), PostgreSQL (service), a proxy (port,
-# compose images). Each family is one project; every value of these questions appears.
+# compose images), the deployment targets (the images Dependabot watches). Each family is one
+# project; every value of these questions appears.
 FAMILIES: dict[str, Answers] = {
     f"{tool}{'-index' if index else ''}-{database}-{proxy}": {
         "dependency_tool": tool,
@@ -35,6 +36,18 @@ FAMILIES: dict[str, Answers] = {
         ("sqlite", "nginx"),
         ("postgresql", "traefik"),
         ("postgresql", "external"),
+    )
+} | {
+    f"uv-{database}-{proxy}-{'+'.join(targets)}": {
+        "dependency_tool": "uv",
+        "database": database,
+        "reverse_proxy": proxy,
+        "deploy_targets": targets,
+    }
+    for database, proxy, targets in (
+        ("postgresql", "caddy", ["kubernetes", "swarm"]),
+        ("sqlite", "none", ["kubernetes"]),
+        ("none", "traefik", ["swarm"]),
     )
 }
 

@@ -179,12 +179,33 @@ def test_index_credentials_reach_only_the_steps_that_need_them(
     ]
 
 
+# Which files Dependabot reads in a directory it is given (dependabot-core's file fetchers):
+# Dockerfiles, and YAML whose first document is a Kubernetes object, for `docker`; files named
+# like compose files for `docker-compose`.
+DOCKERFILE = re.compile(r"dockerfile|containerfile", re.IGNORECASE)
+COMPOSE_FILE = re.compile(r"(docker-)?compose(-\w+)?(\.[\w-]+)?\.ya?ml", re.IGNORECASE)
+MAJOR_UPGRADE = "### Upgrading PostgreSQL to a new major version"
+
+
+def read_by_dependabot(ecosystem: str, directory: Path) -> list[Path]:
+    files = [path for path in directory.iterdir() if path.is_file()]
+    if ecosystem == "docker-compose":
+        return [path for path in files if COMPOSE_FILE.search(path.name)]
+    found = [path for path in files if DOCKERFILE.search(path.name)]
+    for path in files:
+        if path.suffix in (".yaml", ".yml") and not path.name.startswith("."):
+            first = next(yaml.safe_load_all(path.read_text()), None)
+            if isinstance(first, dict) and {"apiVersion", "kind"} <= first.keys():
+                found.append(path)
+    return found
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_dependabot_watches_the_tool_the_actions_and_the_images(
     family: str, families: dict[str, Path]
 ) -> None:
-    answers = FAMILIES[family]
-    config = yaml.safe_load((families[family] / ".github/dependabot.yml").read_text())
+    answers, project = FAMILIES[family], families[family]
+    config = yaml.safe_load((project / ".github/dependabot.yml").read_text())
     ecosystems = [update["package-ecosystem"] for update in config["updates"]]
     python = "uv" if answers["dependency_tool"] == "uv" else "pip"
     compose_images = answers["database"] == "postgresql" or answers["reverse_proxy"] != "none"
@@ -194,6 +215,46 @@ def test_dependabot_watches_the_tool_the_actions_and_the_images(
         assert update["schedule"]["interval"] == "weekly"
         assert [group["patterns"] for group in update["groups"].values()] == [["*"]]
     assert ("registries" in config) == ("package_index" in answers)
+
+    # The Kubernetes dev overlay's PostgreSQL is watched too, where there is one; every
+    # directory holds files Dependabot reads.
+    dev_database = "kubernetes" in answers.get("deploy_targets", [])
+    dev_database &= answers["database"] == "postgresql"
+    images = {update["package-ecosystem"]: update for update in config["updates"][2:]}
+    directories = images["docker"].get("directories") or [images["docker"]["directory"]]
+    assert directories == ["/", "/deploy/kubernetes/overlays/dev"][: 1 + dev_database]
+    for ecosystem, update in images.items():
+        for directory in update.get("directories") or [update["directory"]]:
+            assert read_by_dependabot(ecosystem, project / directory.lstrip("/")), directory
+    if dev_database:
+        postgres = project / "deploy/kubernetes/overlays/dev/postgres.yaml"
+        assert postgres in read_by_dependabot("docker", postgres.parent)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_dependabot_proposes_a_major_image_version_alone_with_its_runbook(
+    family: str, families: dict[str, Path]
+) -> None:
+    """A week's image updates share one pull request, but a major version (PostgreSQL 17 to
+    18: a new on-disk format, which CI on an empty database passes) comes in its own, and the
+    file points to the README's runbook."""
+    project = families[family]
+    text = (project / ".github/dependabot.yml").read_text()
+    config = yaml.safe_load(text)
+    for update in config["updates"]:
+        if update["package-ecosystem"] in ("docker", "docker-compose"):
+            assert [group["update-types"] for group in update["groups"].values()] == [
+                ["minor", "patch"]
+            ]
+        else:
+            assert all("update-types" not in group for group in update["groups"].values())
+    readme = (project / "README.md").read_text()
+    postgresql = FAMILIES[family]["database"] == "postgresql"
+    assert (MAJOR_UPGRADE in readme) == postgresql
+    assert (
+        'README.md, "Upgrading PostgreSQL to a new major version"'
+        in " ".join(line.lstrip("# ") for line in text.splitlines())
+    ) == postgresql
 
 
 def test_release_publishes_version_and_commit_tags_with_sbom_and_provenance(
