@@ -8,6 +8,7 @@ publishing an image with SBOM and provenance. The workflows' commands run for re
 tests/test_projects.py and tests/test_template_update.py.
 """
 
+import os
 import re
 import subprocess
 from concurrent.futures import ProcessPoolExecutor
@@ -18,8 +19,8 @@ import pytest
 import yaml
 
 from tests.combinations import COVERING_SET, Answers, combination_id
-from tests.github import FAMILIES, schema_findings, zizmor_findings
-from tests.project import render
+from tests.github import BIN, FAMILIES, schema_findings, zizmor_findings
+from tests.project import git, render, tool_env
 
 pytestmark = pytest.mark.xdist_group("github")
 
@@ -107,7 +108,8 @@ def workflows(project: Path) -> dict[str, dict[Any, Any]]:
 
 
 def steps(workflow: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    return [(job, step) for job, spec in workflow["jobs"].items() for step in spec["steps"]]
+    """Each job's steps (a job that calls a reusable workflow has none of its own)."""
+    return [(job, step) for job, spec in workflow["jobs"].items() for step in spec.get("steps", [])]
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -118,7 +120,9 @@ def test_only_the_top_level_grants_and_actions_pin_commits(
         assert workflow["permissions"] == {"contents": "read"}, name
         text = (families[family] / ".github/workflows" / name).read_text()
         for action in re.findall(r"uses: (.+)", text):
-            assert PINNED.match(action), f"{name}: {action}"
+            # A workflow of the repository itself is at the same commit.
+            local = action.startswith("./.github/workflows/")
+            assert local or PINNED.match(action), f"{name}: {action}"
         for job, step in steps(workflow):
             if step.get("uses", "").startswith("actions/checkout@"):
                 assert step["with"]["persist-credentials"] is False, f"{name} {job}"
@@ -177,6 +181,13 @@ def test_index_credentials_reach_only_the_steps_that_need_them(
         ("release.yml", "image", "docker/build-push-action"),
         ("template-update.yml", "update", "Update from the template, run the checks"),
     ]
+    # The release runs the CI workflow with the one secret it needs, named (never `inherit`).
+    release = workflows(families[family])["release.yml"]
+    assert release["jobs"]["checks"]["secrets"] == {
+        "INDEX_CREDENTIALS": "${{ secrets.INDEX_CREDENTIALS }}"
+    }
+    ci_secrets = workflows(families[family])["ci.yml"][True]["workflow_call"]["secrets"]
+    assert ci_secrets == {"INDEX_CREDENTIALS": {"required": False}}
 
 
 # Which files Dependabot reads in a directory it is given (dependabot-core's file fetchers):
@@ -275,6 +286,141 @@ def test_release_publishes_version_and_commit_tags_with_sbom_and_provenance(
     build = by_action["docker/build-push-action"]["with"]
     assert (build["push"], build["sbom"], build["provenance"]) == (True, True, "mode=max")
     assert by_action["actions/attest-build-provenance"]["with"]["push-to-registry"] is True
+
+
+def test_release_publishes_only_a_commit_that_passes_the_ci_workflow(
+    families: dict[str, Path],
+) -> None:
+    for project in families.values():
+        ci, release = workflows(project)["ci.yml"], workflows(project)["release.yml"]
+        assert "workflow_call" in ci[True]
+        assert release["jobs"]["checks"]["uses"] == "./.github/workflows/ci.yml"
+        assert release["jobs"]["image"]["needs"] == "checks"
+        assert list(release["jobs"]) == ["checks", "image"]
+
+
+# The command that looks the locked dependencies up, and the file it reads, per tool.
+AUDIT = "pipx run --spec pip-audit==2.10.1 pip-audit --disable-pip --requirement "
+AUDITED: dict[str, tuple[str | None, str]] = {
+    "uv": ("uv export --locked --all-groups --no-emit-project", '"$RUNNER_TEMP/requirements.txt"'),
+    "poetry": ("poetry export --all-groups", '"$RUNNER_TEMP/requirements.txt"'),
+    "pip": (None, "requirements-dev.txt"),
+}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_ci_audits_the_locked_dependencies_and_reads_deploy_for_the_chosen_targets(
+    family: str, families: dict[str, Path]
+) -> None:
+    answers, ci = FAMILIES[family], workflows(families[family])["ci.yml"]
+    targets = answers.get("deploy_targets", [])
+    assert list(ci["jobs"]) == ["check", "audit", *(["deploy"] if targets else []), "compose"]
+    export, requirements = AUDITED[answers["dependency_tool"]]
+    commands = [step["run"] for step in ci["jobs"]["audit"]["steps"] if "run" in step]
+    assert commands[-1] == AUDIT + requirements
+    assert export is None or any(command.startswith(export) for command in commands)
+    if targets:
+        deploy = " ".join(step.get("run", "") for step in ci["jobs"]["deploy"]["steps"])
+        assert ("kubectl kustomize" in deploy) == ("kubernetes" in targets)
+        assert ("kubernetes-validate --strict" in deploy) == ("kubernetes" in targets)
+        assert ("deploy/swarm/stack.yaml config" in deploy) == ("swarm" in targets)
+
+
+def job_steps(project: Path, job: str) -> list[dict[str, Any]]:
+    """The shell steps of a CI job, but installing a tool with pipx (the runner's business)."""
+    return [
+        step
+        for step in workflows(project)["ci.yml"]["jobs"][job]["steps"]
+        if "run" in step and not step["run"].startswith("pipx install ")
+    ]
+
+
+def run_job(project: Path, job: str, tools: Path) -> list[subprocess.CompletedProcess[str]]:
+    """Run a CI job's shell steps in order, as the runner does, until one fails."""
+    runner_temp = project.parent / f"{project.name}-runner-temp"
+    runner_temp.mkdir(exist_ok=True)
+    env = tool_env(PATH=f"{tools}{os.pathsep}{BIN}{os.pathsep}{os.environ['PATH']}")
+    results = []
+    for step in job_steps(project, job):
+        result = subprocess.run(
+            ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", step["run"]],
+            cwd=project,
+            env={**env, "RUNNER_TEMP": str(runner_temp)},
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        results.append(result)
+        if result.returncode != 0:
+            break
+    return results
+
+
+# pipx as the audit job calls it (`pipx run --spec SPEC COMMAND ARGS`), run by uvx here.
+PIPX = """#!/bin/sh
+[ "$1" = run ] && [ "$2" = --spec ] || { echo "unexpected: pipx $*" >&2; exit 2; }
+spec="$3"; shift 3
+exec uvx --from "$spec" "$@"
+"""
+
+
+@pytest.fixture(scope="module")
+def tools(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tools = tmp_path_factory.mktemp("tools")
+    (tools / "pipx").write_text(PIPX)
+    (tools / "pipx").chmod(0o755)
+    return tools
+
+
+def checkout(project: Path, dest: Path) -> Path:
+    """A clean clone of the project, as the runner checks it out: no git-ignored file."""
+    git(project, "init", "--quiet")
+    git(project, "add", "--all")
+    git(project, "commit", "--quiet", "--message", "Generated from the template")
+    git(project.parent, "clone", "--quiet", str(project), str(dest))
+    return dest
+
+
+def test_deploy_job_reads_each_target_and_fails_on_a_broken_one(
+    template: Path, tmp_path: Path, tools: Path
+) -> None:
+    answers = {
+        "database": "postgresql",
+        "reverse_proxy": "traefik",
+        "deploy_targets": ["kubernetes", "swarm"],
+    }
+    project = checkout(render(template, tmp_path / "rendered", answers), tmp_path / "project")
+
+    results = run_job(project, "deploy", tools)
+    assert [result.returncode for result in results] == [0, 0, 0], [r.stderr for r in results]
+
+    # A misspelt field in a manifest, then a Swarm-only key with a wrong value: each fails.
+    deployment = project / "deploy/kubernetes/base/deployment.yaml"
+    original = deployment.read_text()
+    deployment.write_text(original.replace("readOnlyRootFilesystem", "readOnlyRootFileSystem"))
+    assert run_job(project, "deploy", tools)[-1].returncode != 0
+    deployment.write_text(original)
+    stack = project / "deploy/swarm/stack.yaml"
+    stack.write_text(stack.read_text().replace("replicas: 3", "replicas: three", 1))
+    failed = run_job(project, "deploy", tools)
+    assert len(failed) == 3 and failed[-1].returncode != 0
+
+
+@pytest.mark.parametrize("tool", ["uv", "pip"])
+def test_audit_job_looks_up_every_locked_dependency(
+    tool: str, template: Path, tmp_path: Path, tools: Path
+) -> None:
+    """The job's commands run on a locked project. Whether a vulnerable release fails it is
+    pip-audit's business, with the advisory data PyPI serves (not served on this machine)."""
+    project = render(template, tmp_path / "project", {"dependency_tool": tool}, tasks=True)
+    results = run_job(project, "audit", tools)
+    assert all(result.returncode == 0 for result in results), [r.stderr for r in results]
+    assert "No known vulnerabilities found" in results[-1].stdout + results[-1].stderr
+    audited = project / "requirements-dev.txt"
+    if tool == "uv":
+        audited = project.parent / "project-runner-temp/requirements.txt"
+    for package in ("fastapi", "uvicorn", "pydantic", "pytest", "mypy", "ruff"):
+        assert re.search(rf"^{package}==", audited.read_text(), re.MULTILINE), package
 
 
 def test_release_names_the_image_in_lowercase_as_the_registry_requires(
