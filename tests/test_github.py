@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.combinations import COVERING_SET, Answers, combination_id
+from tests.combinations import COVERING_SET, SIMPLE_INDEX, Answers, combination_id
 from tests.github import BIN, FAMILIES, schema_findings, zizmor_findings
 from tests.project import git, render, tool_env
 
@@ -406,18 +406,38 @@ def test_deploy_job_reads_each_target_and_fails_on_a_broken_one(
     assert len(failed) == 3 and failed[-1].returncode != 0
 
 
-@pytest.mark.parametrize("tool", ["uv", "pip"])
+# Poetry with the export plugin, as the audit job's (skipped) `pipx install` step installs it.
+POETRY = """#!/bin/sh
+exec uvx --from {poetry} --with {plugin} poetry "$@"
+"""
+
+
+@pytest.mark.parametrize("tool", ["uv", "poetry", "pip"])
 def test_audit_job_looks_up_every_locked_dependency(
     tool: str, template: Path, tmp_path: Path, tools: Path
 ) -> None:
     """The job's commands run on a locked project. Whether a vulnerable release fails it is
     pip-audit's business, with the advisory data PyPI serves (not served on this machine)."""
-    project = render(template, tmp_path / "project", {"dependency_tool": tool}, tasks=True)
+    answers: Answers = {"dependency_tool": tool}
+    if tool == "poetry":
+        answers["package_index"] = SIMPLE_INDEX
+    project = render(template, tmp_path / "project", answers, tasks=True)
+    if tool == "poetry":
+        audit = workflows(project)["ci.yml"]["jobs"]["audit"]["steps"]
+        install = next(step["run"] for step in audit if step.get("run", "").startswith("pipx "))
+        found = re.fullmatch(r"pipx install (\S+) && pipx inject poetry (\S+)", install)
+        assert found, install
+        tools = tmp_path / "tools"
+        tools.mkdir()
+        (tools / "pipx").write_text(PIPX)
+        (tools / "poetry").write_text(POETRY.format(poetry=found[1], plugin=found[2]))
+        for shim in tools.iterdir():
+            shim.chmod(0o755)
     results = run_job(project, "audit", tools)
     assert all(result.returncode == 0 for result in results), [r.stderr for r in results]
     assert "No known vulnerabilities found" in results[-1].stdout + results[-1].stderr
     audited = project / "requirements-dev.txt"
-    if tool == "uv":
+    if tool != "pip":
         audited = project.parent / "project-runner-temp/requirements.txt"
     for package in ("fastapi", "uvicorn", "pydantic", "pytest", "mypy", "ruff"):
         assert re.search(rf"^{package}==", audited.read_text(), re.MULTILINE), package
