@@ -270,3 +270,17 @@ def test_weekly_runs_never_overwrite_what_others_pushed_to_the_branch(
         git(github.origin, "rev-parse", "refs/heads/main^{commit}").strip()
         == git(project, "rev-parse", "HEAD").strip()
     )
+
+    # Week 4: the main branch changed the lines the fix changed. The run stops and says so;
+    # the branch is left as it is, for a person to merge.
+    with (project / "README.md").open("a") as readme:
+        readme.write("\nDeployed on the old cluster.\n")
+    commit_all(project, "Say where it runs")
+    git(project, "push", "--quiet", str(github.origin), "HEAD:refs/heads/main")
+    (tmp_path / "outputs").unlink()
+    week4 = github.checkout()
+    result = run_script(week4)
+    assert result.returncode == 1, result.stdout[-6000:] + result.stderr[-6000:]
+    assert "does not merge into template-update cleanly" in result.stdout
+    assert not (tmp_path / "outputs").exists()
+    assert github.branch_tip() == tip
