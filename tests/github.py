@@ -20,7 +20,8 @@ SCHEMAS = {
 
 # The answers that change what .github/ renders: the tool (setup, cache, Dependabot
 # ecosystem), a package index (credentials, registry), PostgreSQL (service), a proxy (port,
-# compose images). Each family is one project; every value of these questions appears.
+# compose images), the deployment targets (the images Dependabot watches). Each family is one
+# project; every value of these questions appears.
 FAMILIES: dict[str, Answers] = {
     f"{tool}{'-index' if index else ''}-{database}-{proxy}": {
         "dependency_tool": tool,
@@ -36,13 +37,29 @@ FAMILIES: dict[str, Answers] = {
         ("postgresql", "traefik"),
         ("postgresql", "external"),
     )
+} | {
+    f"uv-{database}-{proxy}-{'+'.join(targets)}": {
+        "dependency_tool": "uv",
+        "database": database,
+        "reverse_proxy": proxy,
+        "deploy_targets": targets,
+    }
+    for database, proxy, targets in (
+        ("postgresql", "caddy", ["kubernetes", "swarm"]),
+        ("sqlite", "none", ["kubernetes"]),
+        ("none", "traefik", ["swarm"]),
+    )
 }
 
 
-def zizmor_findings(projects: list[Path]) -> dict[Path, list[str]]:
-    """zizmor's findings of medium severity or above (inline-ignored ones excluded), by project."""
+def zizmor_findings(
+    projects: list[Path], persona: str = "regular", min_severity: str = "medium"
+) -> dict[Path, list[str]]:
+    """zizmor's findings of `min_severity` or above (inline-ignored ones excluded), by project;
+    the auditor persona also reports what the regular one leaves out as likely noise."""
     result = subprocess.run(
-        [str(BIN / "zizmor"), "--offline", "--format", "json", "--min-severity", "medium"]
+        [str(BIN / "zizmor"), "--offline", "--format", "json", f"--persona={persona}"]
+        + ["--min-severity", min_severity]
         + [str(project) for project in projects],
         capture_output=True,
         text=True,
