@@ -1,0 +1,71 @@
+"""The request body limit of generated projects, sent to a real server and read in the proxies.
+
+The app refuses a body over MAX_REQUEST_BODY_BYTES with 413 before reading it, whether its
+length is declared or it comes chunked: a 100 MB one leaves the server's memory where it was.
+Each bundled proxy carries the same limit, rendered from the one name in includes/server.jinja.
+"""
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.bodies import MIB, post_body, rss_mib
+from tests.project import free_port, install, render, run, serve, wait_for_http
+
+LIMIT = 1024 * 1024
+# What a 100 MB request may add to the server's memory: far less than the body, more than noise.
+GROWTH_BOUND_MIB = 16
+
+
+@pytest.fixture(scope="module")
+def server(template: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, int]]:
+    """The default project (SQLite, migrations) served by one Uvicorn process: (port, pid)."""
+    answers = {"database": "sqlite"}
+    project = render(template, tmp_path_factory.mktemp("limits"), answers, tasks=True)
+    venv = install(project, {"dependency_tool": "uv", "python_version": "3.13"})
+    data = {"DATA_DIR": str(project / "data")}
+    run([str(venv / "alembic"), "upgrade", "head"], project, **data)
+    port = free_port()
+    command = [str(venv / "uvicorn"), "app.main:app", "--port", str(port)]
+    command += ["--log-config", "logging.json", "--no-access-log"]
+    with serve(command, project, **data) as process:
+        assert wait_for_http(f"http://127.0.0.1:{port}/health", process=process) == 200
+        yield port, process.pid
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_a_100_mb_body_is_refused_without_the_memory_growing(
+    server: tuple[int, int], chunked: bool
+) -> None:
+    port, pid = server
+    before = rss_mib(pid)
+    assert post_body(port, "/items", 100 * MIB, chunked=chunked) == 413
+    assert rss_mib(pid) - before < GROWTH_BOUND_MIB
+    assert post_body(port, "/items", LIMIT, chunked=chunked) == 422  # read: it is no JSON
+
+
+def test_each_proxy_carries_the_apps_limit(template: Path, tmp_path: Path) -> None:
+    """The app's default and the three proxies' limits are one number."""
+    found: dict[str, int] = {}
+    for proxy in ("nginx", "traefik", "caddy"):
+        answers = {"reverse_proxy": proxy, "domain": "api.example.com", "acme_email": "a@b.example"}
+        project = render(template, tmp_path / proxy, answers)
+        if proxy == "nginx":
+            nginx_conf = (project / "nginx.conf").read_text()
+            [size] = re.findall(r"client_max_body_size (\d+);", nginx_conf)
+            found[proxy] = int(size)
+        elif proxy == "traefik":
+            http = yaml.safe_load((project / "traefik.yaml").read_text())["http"]
+            assert "body-limit" in http["routers"]["app"]["middlewares"]
+            found[proxy] = http["middlewares"]["body-limit"]["buffering"]["maxRequestBodyBytes"]
+        else:
+            caddyfile = (project / "Caddyfile").read_text()
+            [size] = re.findall(r"request_body \{\s+max_size (\d+)\s+\}", caddyfile)
+            found[proxy] = int(size)
+        config = (project / "app" / "config.py").read_text()
+        [default] = re.findall(r"max_request_body_bytes: PositiveInt = ([\d_]+)", config)
+        found[f"app behind {proxy}"] = int(default.replace("_", ""))
+    assert set(found.values()) == {LIMIT}, found
