@@ -1,37 +1,56 @@
-"""The request body limit of generated projects, sent to a real server and read in the proxies.
+"""What a generated app refuses, shown on a real server: bodies over the limit, unsafe settings.
 
 The app refuses a body over MAX_REQUEST_BODY_BYTES with 413 before reading it, whether its
 length is declared or it comes chunked: a 100 MB one leaves the server's memory where it was.
 Each bundled proxy carries the same limit, rendered from the one name in includes/server.jinja.
+CORS credentials for any origin stop the app at start, naming both settings.
 """
 
 import re
+import subprocess
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
 
 from tests.bodies import MIB, post_body, rss_mib
-from tests.project import free_port, install, render, run, serve, wait_for_http
+from tests.project import free_port, install, render, run, serve, tool_env, wait_for_http
 
 LIMIT = 1024 * 1024
 # What a 100 MB request may add to the server's memory: far less than the body, more than noise.
 GROWTH_BOUND_MIB = 16
 
 
+@dataclass(frozen=True)
+class Project:
+    path: Path
+    venv: Path
+    env: dict[str, str]
+
+    def uvicorn(self, port: int) -> list[str]:
+        """The server command as the image runs it (no prestart: migrated already)."""
+        command = [str(self.venv / "uvicorn"), "app.main:app", "--port", str(port)]
+        return [*command, "--log-config", "logging.json", "--no-access-log"]
+
+
 @pytest.fixture(scope="module")
-def server(template: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, int]]:
-    """The default project (SQLite, migrations) served by one Uvicorn process: (port, pid)."""
+def project(template: Path, tmp_path_factory: pytest.TempPathFactory) -> Project:
+    """The default project (SQLite, migrations), installed and migrated."""
     answers = {"database": "sqlite"}
-    project = render(template, tmp_path_factory.mktemp("limits"), answers, tasks=True)
-    venv = install(project, {"dependency_tool": "uv", "python_version": "3.13"})
-    data = {"DATA_DIR": str(project / "data")}
-    run([str(venv / "alembic"), "upgrade", "head"], project, **data)
+    path = render(template, tmp_path_factory.mktemp("hardening"), answers, tasks=True)
+    venv = install(path, {"dependency_tool": "uv", "python_version": "3.13"})
+    env = {"DATA_DIR": str(path / "data")}
+    run([str(venv / "alembic"), "upgrade", "head"], path, **env)
+    return Project(path, venv, env)
+
+
+@pytest.fixture(scope="module")
+def server(project: Project) -> Iterator[tuple[int, int]]:
+    """One Uvicorn process of the project: (port, pid)."""
     port = free_port()
-    command = [str(venv / "uvicorn"), "app.main:app", "--port", str(port)]
-    command += ["--log-config", "logging.json", "--no-access-log"]
-    with serve(command, project, **data) as process:
+    with serve(project.uvicorn(port), project.path, **project.env) as process:
         assert wait_for_http(f"http://127.0.0.1:{port}/health", process=process) == 200
         yield port, process.pid
 
@@ -69,3 +88,20 @@ def test_each_proxy_carries_the_apps_limit(template: Path, tmp_path: Path) -> No
         [default] = re.findall(r"max_request_body_bytes: PositiveInt = ([\d_]+)", config)
         found[f"app behind {proxy}"] = int(default.replace("_", ""))
     assert set(found.values()) == {LIMIT}, found
+
+
+def test_credentials_for_any_origin_stop_the_server_at_start_naming_both_settings(
+    project: Project,
+) -> None:
+    env = {**project.env, "CORS_ORIGINS": "*", "CORS_ALLOW_CREDENTIALS": "true"}
+    started = subprocess.run(
+        project.uvicorn(free_port()),
+        cwd=project.path,
+        env=tool_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert started.returncode != 0
+    output = started.stdout + started.stderr
+    assert "CORS_ORIGINS=* with CORS_ALLOW_CREDENTIALS=true" in output, output
