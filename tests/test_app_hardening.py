@@ -3,11 +3,15 @@
 The app refuses a body over MAX_REQUEST_BODY_BYTES with 413 before reading it, whether its
 length is declared or it comes chunked: a 100 MB one leaves the server's memory where it was.
 Each bundled proxy carries the same limit, rendered from the one name in includes/server.jinja.
-CORS credentials for any origin stop the app at start, naming both settings.
+CORS credentials for any origin stop the app at start, naming both settings. A route that
+crashes still answers with its request id, in one access line.
 """
 
+import json
 import re
 import subprocess
+import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,11 +20,18 @@ import pytest
 import yaml
 
 from tests.bodies import MIB, post_body, rss_mib
-from tests.project import free_port, install, render, run, serve, tool_env, wait_for_http
+from tests.project import free_port, install, render, run, stop, tool_env, wait_for_http
 
 LIMIT = 1024 * 1024
 # What a 100 MB request may add to the server's memory: far less than the body, more than noise.
 GROWTH_BOUND_MIB = 16
+# Appended to the rendered app: a route with a bug.
+CRASH_ROUTE = """
+
+@app.get("/crash")
+async def crash() -> None:
+    raise RuntimeError("a bug")
+"""
 
 
 @dataclass(frozen=True)
@@ -46,24 +57,46 @@ def project(template: Path, tmp_path_factory: pytest.TempPathFactory) -> Project
     return Project(path, venv, env)
 
 
+@dataclass(frozen=True)
+class Server:
+    port: int
+    pid: int
+    log: Path
+
+    def lines_of(self, request_id: str) -> list[dict[str, object]]:
+        """The JSON lines logged so far for one request."""
+        lines = [json.loads(line) for line in self.log.read_text().splitlines()]
+        return [line for line in lines if line.get("request_id") == request_id]
+
+
 @pytest.fixture(scope="module")
-def server(project: Project) -> Iterator[tuple[int, int]]:
-    """One Uvicorn process of the project: (port, pid)."""
+def server(project: Project) -> Iterator[Server]:
+    """One Uvicorn process of the project, with a crashing route added; its JSON lines in `log`."""
+    with (project.path / "app" / "main.py").open("a") as code:
+        code.write(CRASH_ROUTE)
     port = free_port()
-    with serve(project.uvicorn(port), project.path, **project.env) as process:
+    log = project.path / "server.log"
+    with log.open("w") as output:
+        process = subprocess.Popen(
+            project.uvicorn(port),
+            cwd=project.path,
+            env=tool_env(**project.env, PYTHONUNBUFFERED="1"),  # each line in the log at once
+            stdout=output,
+            text=True,
+        )
+    try:
         assert wait_for_http(f"http://127.0.0.1:{port}/health", process=process) == 200
-        yield port, process.pid
+        yield Server(port, process.pid, log)
+    finally:
+        stop(process)
 
 
 @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
-def test_a_100_mb_body_is_refused_without_the_memory_growing(
-    server: tuple[int, int], chunked: bool
-) -> None:
-    port, pid = server
-    before = rss_mib(pid)
-    assert post_body(port, "/items", 100 * MIB, chunked=chunked) == 413
-    assert rss_mib(pid) - before < GROWTH_BOUND_MIB
-    assert post_body(port, "/items", LIMIT, chunked=chunked) == 422  # read: it is no JSON
+def test_a_100_mb_body_is_refused_without_the_memory_growing(server: Server, chunked: bool) -> None:
+    before = rss_mib(server.pid)
+    assert post_body(server.port, "/items", 100 * MIB, chunked=chunked) == 413
+    assert rss_mib(server.pid) - before < GROWTH_BOUND_MIB
+    assert post_body(server.port, "/items", LIMIT, chunked=chunked) == 422  # read: no JSON
 
 
 def test_each_proxy_carries_the_apps_limit(template: Path, tmp_path: Path) -> None:
@@ -105,3 +138,22 @@ def test_credentials_for_any_origin_stop_the_server_at_start_naming_both_setting
     assert started.returncode != 0
     output = started.stdout + started.stderr
     assert "CORS_ORIGINS=* with CORS_ALLOW_CREDENTIALS=true" in output, output
+
+
+def test_a_crash_answers_500_with_the_request_id_in_one_access_line_and_the_error_line(
+    server: Server,
+) -> None:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{server.port}/crash", headers={"X-Request-ID": "crash-on-a-server"}
+    )
+    with pytest.raises(urllib.error.HTTPError) as answered:
+        urllib.request.urlopen(request, timeout=10)
+    assert answered.value.code == 500
+    assert answered.value.headers["X-Request-ID"] == "crash-on-a-server"
+    deadline = time.monotonic() + 10  # Uvicorn logs the error once the 500 is sent
+    while len(lines := server.lines_of("crash-on-a-server")) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    [access] = [line for line in lines if str(line["logger"]).endswith(".access")]
+    assert (access["status"], access["route"]) == (500, "/crash")
+    [error] = [line for line in lines if line["level"] == "ERROR"]
+    assert "RuntimeError: a bug" in str(error["exception"])
