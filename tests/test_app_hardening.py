@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests import docker
 from tests.bodies import MIB, post_body, rss_mib
 from tests.project import free_port, install, render, run, stop, tool_env, wait_for_http
 
@@ -157,3 +158,23 @@ def test_a_crash_answers_500_with_the_request_id_in_one_access_line_and_the_erro
     assert (access["status"], access["route"]) == (500, "/crash")
     [error] = [line for line in lines if line["level"] == "ERROR"]
     assert "RuntimeError: a bug" in str(error["exception"])
+
+
+@pytest.mark.docker
+@pytest.mark.xdist_group("docker")
+def test_a_container_refuses_a_100_mb_body_within_its_memory(project: Project) -> None:
+    """The image as built and started: a 100 MB body, declared or chunked, gets 413, and the
+    container's processes hold about what they held before (compose allows the app 192 MB)."""
+    docker.require_engine()
+    with (
+        docker.image(project.path) as tag,
+        docker.container(tag, "-p", "127.0.0.1::8000") as name,
+    ):
+        mapping = docker.docker("port", name, "8000/tcp").stdout.split()[0]
+        port = int(mapping.rpartition(":")[2])
+        assert wait_for_http(f"http://127.0.0.1:{port}/health", timeout=120) == 200
+        before = sum(process.rss_kb for process in docker.processes(name)) / 1024
+        statuses = [post_body(port, "/items", 100 * MIB, chunked=c) for c in (False, True)]
+        after = sum(process.rss_kb for process in docker.processes(name)) / 1024
+    assert statuses == [413, 413]
+    assert after - before < GROWTH_BOUND_MIB, (before, after)
