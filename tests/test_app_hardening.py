@@ -2,13 +2,17 @@
 
 The app refuses a body over MAX_REQUEST_BODY_BYTES with 413 before reading it, whether its
 length is declared or it comes chunked: a 100 MB one leaves the server's memory where it was.
-Each bundled proxy carries the same limit, rendered from the one name in includes/server.jinja.
+Each bundled proxy carries the same limit, rendered from the one name in includes/server.jinja,
+and refuses one byte more with 413 in a running compose stack.
 CORS credentials for any origin stop the app at start, naming both settings. A route that
 crashes still answers with its request id, in one access line.
 """
 
+import http.client
 import json
 import re
+import socket
+import ssl
 import subprocess
 import time
 import urllib.request
@@ -21,7 +25,9 @@ import yaml
 
 from tests import docker
 from tests.bodies import MIB, post_body, rss_mib
+from tests.edge import Stack, nginx_stack, render_stack, set_env
 from tests.project import free_port, install, render, run, stop, tool_env, wait_for_http
+from tests.tls import TestCA, https_connection
 
 LIMIT = 1024 * 1024
 # What a 100 MB request may add to the server's memory: far less than the body, more than noise.
@@ -178,3 +184,60 @@ def test_a_container_refuses_a_100_mb_body_within_its_memory(project: Project) -
         after = sum(process.rss_kb for process in docker.processes(name)) / 1024
     assert statuses == [413, 413]
     assert after - before < GROWTH_BOUND_MIB, (before, after)
+
+
+def post_over_https(stack: Stack, size: int) -> tuple[int, str | None]:
+    """POST `size` bytes to /items through the stack's proxy: the status, and the request id
+    (only the app sets one). Localhost's certificate is the proxy's own: not verified here."""
+    if stack.trust:
+        connection = https_connection(stack.https_port, stack.domain, stack.trust)
+    else:
+        raw = socket.create_connection(("127.0.0.1", stack.https_port), timeout=30)
+        unverified = ssl._create_unverified_context()
+        connection = http.client.HTTPConnection(stack.domain, stack.https_port, timeout=30)
+        connection.sock = unverified.wrap_socket(raw, server_hostname=stack.domain)
+    try:
+        headers = {"Host": stack.domain, "Content-Type": "application/json"}
+        connection.request("POST", "/items", body=b"x" * size, headers=headers)
+        response = connection.getresponse()
+        response.read()
+        return response.status, response.headers["X-Request-ID"]
+    finally:
+        connection.close()
+
+
+@pytest.mark.docker
+@pytest.mark.xdist_group("docker")
+@pytest.mark.parametrize("proxy", ["nginx", "traefik", "caddy"])
+def test_the_proxy_refuses_a_body_over_the_limit_before_the_app_sees_it(
+    proxy: str, template: Path, tmp_path: Path
+) -> None:
+    """Through the compose stack, with the app's own limit raised out of the way: a body at
+    the limit reaches the app (which reads it and answers, with its request id), one byte more
+    is refused by the proxy with 413."""
+    docker.require_engine()
+    if proxy == "nginx":
+        stack = nginx_stack(template, tmp_path / "project", TestCA(), database="sqlite")
+    else:
+        dest = tmp_path / "project"
+        stack = render_stack(template, dest, proxy, b"", domain="localhost", database="sqlite")
+    set_env(stack.project, MAX_REQUEST_BODY_BYTES=str(10 * LIMIT))
+    try:
+        stack.compose("up", "--build", "--detach")
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                if post_over_https(stack, 0)[0] == 422:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, stack.logs()
+            time.sleep(1)
+        at_limit, over = post_over_https(stack, LIMIT), post_over_https(stack, LIMIT + 1)
+        app_log = stack.compose("logs", "--no-color", "app").stdout
+    finally:
+        stack.compose("down", "-v", "--remove-orphans", check=False)
+        docker.docker("rmi", "-f", f"{stack.slug}:latest", check=False)
+    assert at_limit[0] == 422 and at_limit[1], "the app read it (it is no JSON)"
+    assert over == (413, None), "the proxy answered it"
+    assert '"status": 413' not in app_log
