@@ -8,7 +8,7 @@ Create Date: 2026-11-25
 from collections.abc import Sequence
 
 import sqlalchemy as sa
-from alembic import op
+from alembic import context, op
 
 revision: str = "0001"
 down_revision: str | None = None
@@ -18,8 +18,9 @@ depends_on: str | Sequence[str] | None = None
 
 def upgrade() -> None:
     # A project that turned migrations on later already has the table its app created at
-    # start-up (the same columns): take it as this revision's.
-    if sa.inspect(op.get_bind()).has_table("items"):
+    # start-up (the same columns): take it as this revision's. Only online: the offline SQL
+    # (`--sql`) has no database to look at, and is for one without the table.
+    if not context.is_offline_mode() and sa.inspect(op.get_bind()).has_table("items"):
         return
     op.create_table(
         "items",
