@@ -39,7 +39,12 @@ def overlay_with_the_component(project: Path, overlay: str) -> Path:
     "answers",
     [
         {"reverse_proxy": "none", "database": "postgresql", "migrations": True},
-        {"reverse_proxy": "caddy", "database": "none", "domain": "api.example.com", "acme_email": "ops@example.com"},
+        {
+            "reverse_proxy": "caddy",
+            "database": "none",
+            "domain": "api.example.com",
+            "acme_email": "ops@example.com",
+        },
     ],
     ids=["any-host", "public-domain"],
 )
