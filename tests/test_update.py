@@ -644,3 +644,50 @@ def test_changed_answer_never_deletes_a_file_the_project_edited(
     assert "  tests/test_greetings.py: keep what you want" in output
     # Files the project never touched go as the new answer says.
     assert not (project / "app/routes/greetings.py").exists()
+
+
+# Each answer change that removes files, meeting an edit in what it removes: (answers the project
+# starts with, the file it edits, the change). Some take the file's directory with it.
+REMOVING_CHANGES = {
+    "migrations-off": ({}, "migrations/env.py", "migrations=false"),
+    "database-none": ({}, "app/db.py", "database=none"),
+    "layout-single-file": ({}, "app/routes/items.py", "layout=single_file"),
+    "proxy-none": ({"reverse_proxy": "caddy"}, "Caddyfile", "reverse_proxy=none"),
+    "deploy-target-removed": (
+        {"database": "none", "deploy_targets": '["kubernetes", "swarm"]'},
+        "deploy/swarm/stack.yaml",
+        'deploy_targets=["kubernetes"]',
+    ),
+}
+OWN_LINE = "# The project's own line, which the update must not lose.\n"
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        pytest.param(case, marks=pytest.mark.xdist_group(f"removing-{case}"))
+        for case in REMOVING_CHANGES
+    ],
+)
+def test_answer_change_that_removes_an_edited_file_keeps_it_and_runs_every_later_step(
+    case: str, releases: Path, tmp_path: Path
+) -> None:
+    """The edit survives as a conflict (its directory made again where the update dropped it),
+    and every step after it runs: .env completed, the lock refreshed, the conflicts listed."""
+    start, edited, change = REMOVING_CHANGES[case]
+    data = [arg for name, value in start.items() for arg in ("--data", f"{name}={value}")]
+    project = copy_project(releases, tmp_path / "service", *data)
+    path = project / edited
+    path.write_text(path.read_text() + OWN_LINE)
+    commit_all(project, "An edit of our own")
+
+    output = copier(project, "update", "--trust", "--defaults", "--vcs-ref", OLD, "--data", change)
+
+    kept = path.read_text()
+    assert kept.startswith("<<<<<<< before updating\n") and OWN_LINE in kept
+    assert f"{edited}: the update deletes it, but you had edited it" in output
+    assert f"  {edited}: keep what you want" in output
+    assert conflicts(project) == [edited]
+    example, env = variables(project / ".env.example"), variables(project / ".env")
+    assert example.keys() <= env.keys()
+    run(["uv", "lock", "--locked"], project)
