@@ -8,6 +8,7 @@ fix, a new setting, a renamed question with its migration). Projects are git rep
 
 import re
 import shutil
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +27,7 @@ from tests.project import (
     readme_block,
     render,
     run,
+    tool_env,
     wait_for_http,
 )
 
@@ -86,6 +88,25 @@ def copier(cwd: Path, *args: str) -> str:
     """Run copier's command line as a user does; return what it printed."""
     result = run([sys.executable, "-m", "copier", *args], cwd, **GIT_IDENTITY)
     return result.stdout + result.stderr
+
+
+def copier_leaving_conflicts(cwd: Path, *args: str) -> str:
+    """Run `copier update` where it leaves conflicts: it exits 1 (as `git merge` does), its last
+    step saying why; return what it printed."""
+    result = subprocess.run(
+        [sys.executable, "-m", "copier", *args],
+        cwd=cwd,
+        env=tool_env(**GIT_IDENTITY),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output[-6000:]
+    assert (
+        "copier reports this step as failed so that its exit status tells the conflicts" in output
+    )
+    return output
 
 
 def edit(path: Path, old: str, new: str) -> None:
@@ -372,7 +393,9 @@ def test_conflicting_edit_is_reported_not_lost(mode: str, releases: Path, tmp_pa
     edit(project / "Dockerfile", "\nUSER ", f"\n{USER_DOCKERFILE_LINE}USER ")
     commit_all(project, "Set the time zone")
 
-    output = copier(project, "update", "--trust", "--defaults", "--skip-tasks", "--conflict", mode)
+    output = copier_leaving_conflicts(
+        project, "update", "--trust", "--defaults", "--skip-tasks", "--conflict", mode
+    )
 
     dockerfile = (project / "Dockerfile").read_text()
     assert "The update left 1 conflict(s) to resolve:" in output
@@ -626,7 +649,7 @@ def test_changed_answer_never_deletes_a_file_the_project_edited(
     test_file.write_text(test_file.read_text() + own_test)
     commit_all(project, "A test of our own")
 
-    output = copier(
+    output = copier_leaving_conflicts(
         project,
         "update",
         "--trust",
@@ -681,7 +704,9 @@ def test_answer_change_that_removes_an_edited_file_keeps_it_and_runs_every_later
     path.write_text(path.read_text() + OWN_LINE)
     commit_all(project, "An edit of our own")
 
-    output = copier(project, "update", "--trust", "--defaults", "--vcs-ref", OLD, "--data", change)
+    output = copier_leaving_conflicts(
+        project, "update", "--trust", "--defaults", "--vcs-ref", OLD, "--data", change
+    )
 
     kept = path.read_text()
     assert kept.startswith("<<<<<<< before updating\n") and OWN_LINE in kept
