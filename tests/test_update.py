@@ -716,3 +716,36 @@ def test_answer_change_that_removes_an_edited_file_keeps_it_and_runs_every_later
     example, env = variables(project / ".env.example"), variables(project / ".env")
     assert example.keys() <= env.keys()
     run(["uv", "lock", "--locked"], project)
+
+
+def test_switch_from_sqlite_keeps_its_database_file_ignored_and_retires_data_dir(
+    releases: Path, tmp_path: Path
+) -> None:
+    """The SQLite file a local run made stays out of `git add -A` after a switch to PostgreSQL,
+    and `.env` keeps DATA_DIR only as a comment saying it is no longer used."""
+    project = copy_project(releases, tmp_path / "service")
+    database = project / "data" / "my_api.db"
+    database.parent.mkdir()
+    database.write_bytes(b"SQLite format 3\0")
+    assert "DATA_DIR" in variables(project / ".env")
+
+    output = copier(
+        project,
+        "update",
+        "--trust",
+        "--defaults",
+        "--vcs-ref",
+        OLD,
+        "--data",
+        "database=postgresql",
+    )
+
+    assert "data/" not in git(project, "status", "--porcelain", "--untracked-files=all")
+    assert ".gitignore still ignores data/" in output
+    assert "DATA_DIR" not in variables(project / ".env")
+    assert (
+        "# DATA_DIR=data   # no longer used: gone from .env.example\n"
+        in (project / ".env").read_text()
+    )
+    assert "Commented out in .env what .env.example dropped: DATA_DIR." in output
+    assert "POSTGRES_HOST" in variables(project / ".env")
