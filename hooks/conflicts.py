@@ -3,7 +3,9 @@
 Runs as the last unversioned migration, in the project, after the merge (also with
 `--skip-tasks`: it only reads). A conflict is either a file holding conflict markers
 (`copier update`'s default, `--conflict inline`) or a `.rej` file of hunks that did not apply
-(`--conflict rej`). It prints what to do with each and exits 0.
+(`--conflict rej`). It prints what to do with each and exits 1 if there is any, so that
+`copier update` exits non-zero as `git merge` does: a script (`copier update && git commit -a`)
+stops before committing conflict markers. It must stay the last step: copier stops at it.
 """
 
 import subprocess
@@ -48,8 +50,12 @@ def main() -> int:
     for name in rejected:
         target = name.removesuffix(".rej")
         print(f"  {name}: apply its hunks to {target} by hand, then delete it", file=sys.stderr)
-    print("Then review `git diff` and commit.\n", file=sys.stderr)
-    return 0
+    print(
+        "Then review `git diff` and commit. (Every other step of the update ran; copier reports"
+        " this step as failed so that its exit status tells the conflicts.)\n",
+        file=sys.stderr,
+    )
+    return 1
 
 
 if __name__ == "__main__":

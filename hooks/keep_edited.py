@@ -43,7 +43,9 @@ def main(argv: list[str]) -> int:
             if ours is None or (rendered and rendered.is_file() and rendered.read_text() == ours):
                 continue  # the template's own version: deleting it loses nothing
             body = ours if ours.endswith("\n") or not ours else ours + "\n"
-            Path(name).write_text(
+            kept = Path(name)
+            kept.parent.mkdir(parents=True, exist_ok=True)  # the update may drop its directory
+            kept.write_text(
                 f"<<<<<<< before updating\n{body}=======\n>>>>>>> after updating (deleted)\n"
             )
             print(f"{name}: the update deletes it, but you had edited it; kept as a conflict.")

@@ -48,6 +48,14 @@ COMMANDS = {
 }
 
 
+# One line before each lock command, so that a quiet minute does not look like a hang.
+SAYS = {
+    "uv": "Locking the dependencies with uv (uv.lock)...",
+    "poetry": "Locking the dependencies with Poetry (poetry.lock)...",
+    "pip": "Locking {file} with pip-compile, with hashes (this takes a minute)...",
+}
+
+
 class LockFailed(Exception):
     """What kept the lock from being made, in words for the user."""
 
@@ -55,6 +63,7 @@ class LockFailed(Exception):
 def pip_compile(python: str, scratch: Path) -> str:
     """pip-compile installed into a virtualenv of `python` in `scratch`."""
     venv = scratch / "pip-tools"
+    print("Installing pip-tools into a throwaway virtualenv...", flush=True)
     for command in (
         [python, "-m", "venv", str(venv)],
         [str(venv / "bin" / "pip"), "install", "--quiet", "pip-tools"],
@@ -127,7 +136,7 @@ def lock(tool: str, python_version: str, package_index: str) -> None:
         elif shutil.which(tool) is None:
             raise LockFailed(f"{tool} is not installed")
         for command in commands:
-            print("Locking:", " ".join(command[1:]), flush=True)
+            print(SAYS[tool].format(file=command[-1]), flush=True)
             result = subprocess.run(command, env=env)
             if result.returncode != 0:
                 shown = " ".join([Path(command[0]).name, *command[1:]])

@@ -829,10 +829,13 @@ def test_readme_container_commands_serve_postgresql_as_written(
     template: Path, tmp_path: Path
 ) -> None:
     """The README's `docker build` / `docker run --env-file .env` reach the database (`.env`
-    says localhost, which inside a container is the container itself). The test only changes
-    the published host port, and names the container to remove it."""
+    says localhost, which inside a container is the container itself, and POSTGRES_PORT, the
+    port published on this machine, here not 5432, as a user sets it where 5432 is taken).
+    The test names the container to remove it."""
     docker.require_engine()
     stack = Stack(template, tmp_path / "pg", {**POSTGRES_MIGRATIONS, "process_model": "single"})
+    with (stack.root / ".env").open("a") as dotenv:
+        dotenv.write(f"POSTGRES_PORT={docker.DOCKER_ENV['POSTGRES_PORT']}\n")
     commands = readme_block((stack.root / "README.md").read_text(), "Container")
     assert commands[0] == f"docker build -t {stack.slug} ."
     assert commands[-1].startswith("docker run --rm -p 127.0.0.1:8000:8000 --env-file .env")

@@ -92,3 +92,12 @@ def test_pip_lock_uses_the_projects_python_and_none_of_the_machines_pip_config(
         assert options == [], f"{name} carries pip options of this machine: {options}"
         assert str(wheels) not in text
     assert list(scratch.iterdir()) == [], "the throwaway virtualenv is still there"
+    # A line says what each slow step does before it starts (no minute of silence), and names
+    # no scratch path.
+    said = [line for line in result.stdout.splitlines() if line.endswith("...")]
+    assert said == [
+        "Installing pip-tools into a throwaway virtualenv...",
+        "Locking requirements.in with pip-compile, with hashes (this takes a minute)...",
+        "Locking requirements-dev.in with pip-compile, with hashes (this takes a minute)...",
+    ], result.stdout
+    assert str(scratch) not in result.stdout

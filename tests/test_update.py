@@ -8,6 +8,7 @@ fix, a new setting, a renamed question with its migration). Projects are git rep
 
 import re
 import shutil
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +27,7 @@ from tests.project import (
     readme_block,
     render,
     run,
+    tool_env,
     wait_for_http,
 )
 
@@ -86,6 +88,25 @@ def copier(cwd: Path, *args: str) -> str:
     """Run copier's command line as a user does; return what it printed."""
     result = run([sys.executable, "-m", "copier", *args], cwd, **GIT_IDENTITY)
     return result.stdout + result.stderr
+
+
+def copier_leaving_conflicts(cwd: Path, *args: str) -> str:
+    """Run `copier update` where it leaves conflicts: it exits 1 (as `git merge` does), its last
+    step saying why; return what it printed."""
+    result = subprocess.run(
+        [sys.executable, "-m", "copier", *args],
+        cwd=cwd,
+        env=tool_env(**GIT_IDENTITY),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output[-6000:]
+    assert (
+        "copier reports this step as failed so that its exit status tells the conflicts" in output
+    )
+    return output
 
 
 def edit(path: Path, old: str, new: str) -> None:
@@ -372,7 +393,9 @@ def test_conflicting_edit_is_reported_not_lost(mode: str, releases: Path, tmp_pa
     edit(project / "Dockerfile", "\nUSER ", f"\n{USER_DOCKERFILE_LINE}USER ")
     commit_all(project, "Set the time zone")
 
-    output = copier(project, "update", "--trust", "--defaults", "--skip-tasks", "--conflict", mode)
+    output = copier_leaving_conflicts(
+        project, "update", "--trust", "--defaults", "--skip-tasks", "--conflict", mode
+    )
 
     dockerfile = (project / "Dockerfile").read_text()
     assert "The update left 1 conflict(s) to resolve:" in output
@@ -626,7 +649,7 @@ def test_changed_answer_never_deletes_a_file_the_project_edited(
     test_file.write_text(test_file.read_text() + own_test)
     commit_all(project, "A test of our own")
 
-    output = copier(
+    output = copier_leaving_conflicts(
         project,
         "update",
         "--trust",
@@ -644,3 +667,85 @@ def test_changed_answer_never_deletes_a_file_the_project_edited(
     assert "  tests/test_greetings.py: keep what you want" in output
     # Files the project never touched go as the new answer says.
     assert not (project / "app/routes/greetings.py").exists()
+
+
+# Each answer change that removes files, meeting an edit in what it removes: (answers the project
+# starts with, the file it edits, the change). Some take the file's directory with it.
+REMOVING_CHANGES = {
+    "migrations-off": ({}, "migrations/env.py", "migrations=false"),
+    "database-none": ({}, "app/db.py", "database=none"),
+    "layout-single-file": ({}, "app/routes/items.py", "layout=single_file"),
+    "proxy-none": ({"reverse_proxy": "caddy"}, "Caddyfile", "reverse_proxy=none"),
+    "deploy-target-removed": (
+        {"database": "none", "deploy_targets": '["kubernetes", "swarm"]'},
+        "deploy/swarm/stack.yaml",
+        'deploy_targets=["kubernetes"]',
+    ),
+}
+OWN_LINE = "# The project's own line, which the update must not lose.\n"
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        pytest.param(case, marks=pytest.mark.xdist_group(f"removing-{case}"))
+        for case in REMOVING_CHANGES
+    ],
+)
+def test_answer_change_that_removes_an_edited_file_keeps_it_and_runs_every_later_step(
+    case: str, releases: Path, tmp_path: Path
+) -> None:
+    """The edit survives as a conflict (its directory made again where the update dropped it),
+    and every step after it runs: .env completed, the lock refreshed, the conflicts listed."""
+    start, edited, change = REMOVING_CHANGES[case]
+    data = [arg for name, value in start.items() for arg in ("--data", f"{name}={value}")]
+    project = copy_project(releases, tmp_path / "service", *data)
+    path = project / edited
+    path.write_text(path.read_text() + OWN_LINE)
+    commit_all(project, "An edit of our own")
+
+    output = copier_leaving_conflicts(
+        project, "update", "--trust", "--defaults", "--vcs-ref", OLD, "--data", change
+    )
+
+    kept = path.read_text()
+    assert kept.startswith("<<<<<<< before updating\n") and OWN_LINE in kept
+    assert f"{edited}: the update deletes it, but you had edited it" in output
+    assert f"  {edited}: keep what you want" in output
+    assert conflicts(project) == [edited]
+    example, env = variables(project / ".env.example"), variables(project / ".env")
+    assert example.keys() <= env.keys()
+    run(["uv", "lock", "--locked"], project)
+
+
+def test_switch_from_sqlite_keeps_its_database_file_ignored_and_retires_data_dir(
+    releases: Path, tmp_path: Path
+) -> None:
+    """The SQLite file a local run made stays out of `git add -A` after a switch to PostgreSQL,
+    and `.env` keeps DATA_DIR only as a comment saying it is no longer used."""
+    project = copy_project(releases, tmp_path / "service")
+    database = project / "data" / "my_api.db"
+    database.parent.mkdir()
+    database.write_bytes(b"SQLite format 3\0")
+    assert "DATA_DIR" in variables(project / ".env")
+
+    output = copier(
+        project,
+        "update",
+        "--trust",
+        "--defaults",
+        "--vcs-ref",
+        OLD,
+        "--data",
+        "database=postgresql",
+    )
+
+    assert "data/" not in git(project, "status", "--porcelain", "--untracked-files=all")
+    assert ".gitignore still ignores data/" in output
+    assert "DATA_DIR" not in variables(project / ".env")
+    assert (
+        "# DATA_DIR=data   # no longer used: gone from .env.example\n"
+        in (project / ".env").read_text()
+    )
+    assert "Commented out in .env what .env.example dropped: DATA_DIR." in output
+    assert "POSTGRES_HOST" in variables(project / ".env")
