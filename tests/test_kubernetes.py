@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.request
 import venv
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -182,6 +183,38 @@ def test_manifests_follow_the_answers(answers: Answers, rendered: dict[str, Rend
         assert item.get("prod", "Deployment")["spec"]["replicas"] == 3
 
 
+@pytest.mark.parametrize("answers", COMBINATIONS, ids=combination_id)
+def test_the_ingress_controller_is_the_proxy_whatever_the_compose_answer(
+    answers: Answers, rendered: dict[str, Rendered]
+) -> None:
+    """Every pod trusts the forwarded headers of the addresses its overlay sets; production
+    serves HTTPS for the domain (or a placeholder host), development any host over HTTP."""
+    item = rendered[combination_id(answers)]
+    public = answers.get("domain", "localhost") != "localhost" and answers["reverse_proxy"] in (
+        "traefik",
+        "caddy",
+        "nginx",
+    )
+    slug = yaml.safe_load((item.project / ".copier-answers.yml").read_text())["project_slug"]
+    host = answers["domain"] if public else f"{slug}.example.com"
+    for overlay in OVERLAYS:
+        app = item.get(overlay, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+        assert "--proxy-headers" in app["args"] and "--no-proxy-headers" not in app["args"]
+        settings = item.get(overlay, "ConfigMap", "app-settings")["data"]
+        assert settings["FORWARDED_ALLOW_IPS"] == "10.0.0.0/8,172.16.0.0/12,192.168.0.0/16"
+        kustomization = item.project / "deploy/kubernetes/overlays" / overlay / "kustomization.yaml"
+        assert "FORWARDED_ALLOW_IPS=" in kustomization.read_text(), "a setting of the overlay"
+        ingress = item.get(overlay, "Ingress")["spec"]
+        if overlay == "dev":
+            assert "tls" not in ingress and "host" not in ingress["rules"][0]
+            continue
+        assert ingress["tls"] == [{"hosts": [host], "secretName": "app-tls"}]
+        assert ingress["rules"][0]["host"] == host
+        assert ingress["rules"][0]["http"] == item.get("dev", "Ingress")["spec"]["rules"][0]["http"]
+        annotations = item.get(overlay, "Ingress")["metadata"]["annotations"]
+        assert annotations["cert-manager.io/cluster-issuer"] == "letsencrypt"
+
+
 def test_nothing_is_emitted_for_a_target_not_chosen(template: Path, tmp_path: Path) -> None:
     none = render(template, tmp_path / "none", {"database": "postgresql"})
     assert not (none / "deploy").exists()
@@ -245,7 +278,8 @@ RUN_ANSWERS: Answers = {
     "database": "postgresql",
     "migrations": True,
     "process_model": "single",
-    "reverse_proxy": "external",
+    # No proxy in compose: on the cluster the pods trust the ingress controller all the same.
+    "reverse_proxy": "none",
     "deploy_targets": ["kubernetes"],
 }
 
@@ -388,6 +422,16 @@ def test_pod_spec_runs_as_declared_migration_then_probes(
         while http_get(ready)[0] != 200 and time.monotonic() < until:
             time.sleep(0.5)
         assert http_get(ready)[0] == 200
+        # The published port reaches the pod from the Docker network's gateway, a private
+        # address like the ingress controller's: its X-Forwarded-For names the client.
+        forwarded = {"X-Forwarded-For": "203.0.113.7", "X-Forwarded-Proto": "https"}
+        request = urllib.request.Request(base + "/health", headers=forwarded)
+        with urllib.request.urlopen(request, timeout=5) as response:
+            assert response.status == 200
+        time.sleep(0.5)
+        lines = docker("logs", server).stdout.splitlines()
+        clients = [json.loads(line).get("client") for line in lines if line.startswith("{")]
+        assert "203.0.113.7" in clients, lines[-5:]
         inspected = docker("inspect", server).stdout
         assert password not in inspected, "the secret is a file, not in the container's config"
         found = json.loads(inspected)[0]["HostConfig"]
