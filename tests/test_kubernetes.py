@@ -179,8 +179,26 @@ def test_manifests_follow_the_answers(answers: Answers, rendered: dict[str, Rend
         default_class = "traefik" if answers["reverse_proxy"] == "traefik" else "nginx"
         expected_class = answers.get("ingress_class", default_class)
         assert ingress["spec"]["ingressClassName"] == expected_class
-    if database != "sqlite":
+    if database != "sqlite" and answers["process_model"] == "workers":
         assert item.get("prod", "Deployment")["spec"]["replicas"] == 3
+
+
+@pytest.mark.parametrize("answers", COMBINATIONS, ids=combination_id)
+def test_no_deployment_an_autoscaler_scales_sets_replicas(
+    answers: Answers, rendered: dict[str, Rendered]
+) -> None:
+    """Else every `kubectl apply -k` resets the count the HPA scaled the app out to."""
+    item = rendered[combination_id(answers)]
+    for overlay in OVERLAYS:
+        for hpa in (
+            obj for obj in item.objects[overlay] if obj["kind"] == "HorizontalPodAutoscaler"
+        ):
+            target = hpa["spec"]["scaleTargetRef"]
+            deployment = item.get(overlay, target["kind"], target["name"])
+            assert "replicas" not in deployment["spec"], f"{overlay}: {target['name']}"
+        if answers["database"] != "sqlite" and answers["process_model"] == "single":
+            hpa = item.get(overlay, "HorizontalPodAutoscaler")
+            assert hpa["spec"]["minReplicas"] == (3 if overlay == "prod" else 2)
 
 
 @pytest.mark.parametrize("answers", COMBINATIONS, ids=combination_id)
