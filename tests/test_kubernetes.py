@@ -10,6 +10,7 @@ secret files it declares: the migration first, then the server, probed as the ku
 
 import base64
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -231,6 +232,45 @@ def test_the_ingress_controller_is_the_proxy_whatever_the_compose_answer(
         assert ingress["rules"][0]["http"] == item.get("dev", "Ingress")["spec"]["rules"][0]["http"]
         annotations = item.get(overlay, "Ingress")["metadata"]["annotations"]
         assert annotations["cert-manager.io/cluster-issuer"] == "letsencrypt"
+
+
+# PostgreSQL's defaults: max_connections, less superuser_reserved_connections.
+USABLE_CONNECTIONS = 100 - 3
+
+
+def cpu_cores(quantity: str) -> float:
+    return int(quantity[:-1]) / 1000 if quantity.endswith("m") else float(quantity)
+
+
+@pytest.mark.parametrize(
+    "answers", [a for a in COMBINATIONS if a["database"] == "postgresql"], ids=combination_id
+)
+def test_the_largest_deployment_fits_postgresqls_connections(
+    answers: Answers, rendered: dict[str, Rendered]
+) -> None:
+    """Every process may hold pool + overflow connections: at the autoscaler's maximum (or the
+    overlay's replicas) plus a rollout's surge, with the migration's, they fit PostgreSQL's
+    default limit; the README shows the sum for production."""
+    item = rendered[combination_id(answers)]
+    for overlay in OVERLAYS:
+        deployment = item.get(overlay, "Deployment")["spec"]
+        settings = item.get(overlay, "ConfigMap", "app-settings")["data"]
+        per_process = int(settings["DB_POOL_SIZE"]) + int(settings["DB_MAX_OVERFLOW"])
+        hpa = item.find(overlay, "HorizontalPodAutoscaler")
+        pods = hpa["spec"]["maxReplicas"] if hpa else deployment["replicas"]
+        surge = deployment["strategy"]["rollingUpdate"]["maxSurge"]
+        assert isinstance(surge, int)
+        limits = deployment["template"]["spec"]["containers"][0]["resources"]["limits"]
+        # In workers mode the entrypoint starts one worker per CPU of the limit, rounded up.
+        workers = (
+            math.ceil(cpu_cores(limits["cpu"])) if answers["process_model"] == "workers" else 1
+        )
+        migration = 1 if answers.get("migrations") else 0
+        peak = (pods + surge) * workers * per_process + migration
+        assert peak <= USABLE_CONNECTIONS, f"{overlay}: {peak} connections"
+        if overlay == "prod":
+            readme = (item.project / "deploy/kubernetes/README.md").read_text()
+            assert f" = {peak} <= 100 - 3 = 97" in readme
 
 
 def test_nothing_is_emitted_for_a_target_not_chosen(template: Path, tmp_path: Path) -> None:
