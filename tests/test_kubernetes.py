@@ -234,6 +234,29 @@ def test_the_ingress_controller_is_the_proxy_whatever_the_compose_answer(
         assert annotations["cert-manager.io/cluster-issuer"] == "letsencrypt"
 
 
+@pytest.mark.parametrize("answers", COMBINATIONS, ids=combination_id)
+def test_the_dev_overlay_fits_a_small_local_cluster(
+    answers: Answers, rendered: dict[str, Rendered]
+) -> None:
+    """kind or minikube on a laptop: one node of two CPUs, part of them its own system pods'.
+    Production's CPU requests (a CPU per pod) would leave the dev pods Pending."""
+    item = rendered[combination_id(answers)]
+    requested = 0.0
+    for obj in item.objects["dev"]:
+        if obj["kind"] not in ("Deployment", "StatefulSet"):
+            continue
+        hpa = item.find("dev", "HorizontalPodAutoscaler", obj["metadata"]["name"])
+        replicas = hpa["spec"]["minReplicas"] if hpa else obj["spec"]["replicas"]
+        containers = obj["spec"]["template"]["spec"]["containers"]
+        requested += replicas * sum(
+            cpu_cores(c["resources"]["requests"]["cpu"]) for c in containers
+        )
+    assert requested <= 0.5, f"{requested} CPUs requested"
+    prod = item.get("prod", "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    dev = item.get("dev", "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert dev["resources"]["limits"] == prod["resources"]["limits"], "the same workers"
+
+
 # PostgreSQL's defaults: max_connections, less superuser_reserved_connections.
 USABLE_CONNECTIONS = 100 - 3
 
