@@ -184,6 +184,22 @@ def test_manifests_follow_the_answers(answers: Answers, rendered: dict[str, Rend
         assert item.get("prod", "Deployment")["spec"]["replicas"] == 3
 
 
+@pytest.mark.parametrize(
+    "answers", [a for a in COMBINATIONS if a["database"] != "sqlite"], ids=combination_id
+)
+def test_replicas_spread_over_the_nodes(answers: Answers, rendered: dict[str, Rendered]) -> None:
+    """Else three replicas may share a node, and its drain takes them all."""
+    item = rendered[combination_id(answers)]
+    for overlay in OVERLAYS:
+        template = item.get(overlay, "Deployment")["spec"]["template"]
+        (spread,) = template["spec"]["topologySpreadConstraints"]
+        assert spread["topologyKey"] == "kubernetes.io/hostname"
+        assert spread["maxSkew"] == 1
+        assert spread["whenUnsatisfiable"] == "ScheduleAnyway", "one node still runs them all"
+        labels = template["metadata"]["labels"]
+        assert spread["labelSelector"]["matchLabels"].items() <= labels.items()
+
+
 @pytest.mark.parametrize("answers", COMBINATIONS, ids=combination_id)
 def test_no_deployment_an_autoscaler_scales_sets_replicas(
     answers: Answers, rendered: dict[str, Rendered]
