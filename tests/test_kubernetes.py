@@ -184,6 +184,25 @@ def test_manifests_follow_the_answers(answers: Answers, rendered: dict[str, Rend
         assert item.get("prod", "Deployment")["spec"]["replicas"] == 3
 
 
+@pytest.mark.parametrize("answers", COMBINATIONS, ids=combination_id)
+def test_deleting_an_overlay_leaves_its_namespace(
+    answers: Answers, rendered: dict[str, Rendered]
+) -> None:
+    """`kubectl delete -k` deletes what the overlay emits: no Namespace among it, else the
+    namespace would go with everything others keep in it. Its own file declares the namespace
+    every object is in, to apply once."""
+    item = rendered[combination_id(answers)]
+    for overlay in OVERLAYS:
+        directory = item.project / "deploy/kubernetes/overlays" / overlay
+        declared = yaml.safe_load((directory / "namespace.yaml").read_text())
+        assert declared["kind"] == "Namespace"
+        assert not item.find(overlay, "Namespace", "")
+        namespaces = {obj["metadata"].get("namespace") for obj in item.objects[overlay]}
+        assert namespaces == {declared["metadata"]["name"]}
+    readme = (item.project / "deploy/kubernetes/README.md").read_text()
+    assert "kubectl apply -f deploy/kubernetes/overlays/dev/namespace.yaml" in readme
+
+
 @pytest.mark.parametrize(
     "answers", [a for a in COMBINATIONS if a["database"] != "sqlite"], ids=combination_id
 )
