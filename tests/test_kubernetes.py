@@ -331,6 +331,28 @@ def test_the_largest_deployment_fits_postgresqls_connections(
             assert f" = {peak} <= 100 - 3 = 97" in readme
 
 
+@pytest.mark.parametrize("answers", COMBINATIONS, ids=combination_id)
+def test_only_the_ingress_controller_reaches_the_app(
+    answers: Answers, rendered: dict[str, Rendered]
+) -> None:
+    """The pods trust the forwarded headers of whoever reaches their port: the NetworkPolicy
+    admits the controller's namespace only (and Prometheus' with metrics), an overlay setting."""
+    item = rendered[combination_id(answers)]
+    ingress_class = answers.get(
+        "ingress_class", "traefik" if answers["reverse_proxy"] == "traefik" else "nginx"
+    )
+    expected = ["ingress-nginx" if ingress_class == "nginx" else ingress_class]
+    if answers["metrics"] == "prometheus":
+        expected.append("monitoring")
+    for overlay in OVERLAYS:
+        (rule,) = item.get(overlay, "NetworkPolicy")["spec"]["ingress"]
+        assert rule["ports"] == [{"port": 8000}]
+        sources = [source["namespaceSelector"]["matchLabels"] for source in rule["from"]]
+        assert sources == [{"kubernetes.io/metadata.name": name} for name in expected]
+        kustomization = item.project / "deploy/kubernetes/overlays" / overlay / "kustomization.yaml"
+        assert "path: /spec/ingress/0/from" in kustomization.read_text(), "an overlay setting"
+
+
 def test_nothing_is_emitted_for_a_target_not_chosen(template: Path, tmp_path: Path) -> None:
     none = render(template, tmp_path / "none", {"database": "postgresql"})
     assert not (none / "deploy").exists()
