@@ -96,12 +96,14 @@ def main() -> None:
             render(template, project, answers, tasks=True)
             ca.issue(DOMAIN).write(project / "certs")
             docker("build", "-t", f"{slug}:1", ".", cwd=project)
-            docker("node", "update", "--label-add", f"{slug}.db=true", node)
+            for label in (f"{slug}.db=true", f"{slug}.proxy=true"):
+                docker("node", "update", "--label-add", label, node)
             try:
                 for order in ORDERS:
                     rows.append((model, order, measure(project, slug, order, ca)))
             finally:
-                docker("node", "update", "--label-rm", f"{slug}.db", node, check=False)
+                for label in (f"{slug}.db", f"{slug}.proxy"):
+                    docker("node", "update", "--label-rm", label, node, check=False)
                 remove_images(slug)
     print("Swarm, 3 replicas, PostgreSQL, nginx in front (HTTPS); client: 2 threads of GET /items")
     print("(served/failed: during the rollout, then during the automatic rollback)")

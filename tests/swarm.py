@@ -115,9 +115,23 @@ class Stack:
         finally:
             connection.close()
 
+    def configs_version(self) -> dict[str, str]:
+        """CONFIGS_VERSION, computed by the README's own command (no proxy, no configs)."""
+        readme = (self.project / "deploy" / "swarm" / "README.md").read_text()
+        found = [line for line in readme.splitlines() if line.startswith("export CONFIGS_VERSION=")]
+        if not found:
+            return {}
+        script = found[0] + ' && printf %s "$CONFIGS_VERSION"'
+        result = subprocess.run(
+            ["sh", "-c", script], cwd=self.project, capture_output=True, text=True, check=True
+        )
+        assert result.stdout.strip(), result.stderr
+        return {"CONFIGS_VERSION": result.stdout}
+
     def deploy(self, image: str) -> None:
         env = {
             **os.environ,
+            **self.configs_version(),
             "IMAGE": image,
             "HTTP_PORT": str(self.http_port),
             "HTTPS_PORT": str(self.https_port),

@@ -10,11 +10,13 @@ secret files it declares: the migration first, then the server, probed as the ku
 
 import base64
 import json
+import math
 import os
 import shutil
 import subprocess
 import sys
 import time
+import urllib.request
 import venv
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -178,8 +180,177 @@ def test_manifests_follow_the_answers(answers: Answers, rendered: dict[str, Rend
         default_class = "traefik" if answers["reverse_proxy"] == "traefik" else "nginx"
         expected_class = answers.get("ingress_class", default_class)
         assert ingress["spec"]["ingressClassName"] == expected_class
-    if database != "sqlite":
+    if database != "sqlite" and answers["process_model"] == "workers":
         assert item.get("prod", "Deployment")["spec"]["replicas"] == 3
+
+
+@pytest.mark.parametrize("answers", COMBINATIONS, ids=combination_id)
+def test_deleting_an_overlay_leaves_its_namespace(
+    answers: Answers, rendered: dict[str, Rendered]
+) -> None:
+    """`kubectl delete -k` deletes what the overlay emits: no Namespace among it, else the
+    namespace would go with everything others keep in it. Its own file declares the namespace
+    every object is in, to apply once."""
+    item = rendered[combination_id(answers)]
+    for overlay in OVERLAYS:
+        directory = item.project / "deploy/kubernetes/overlays" / overlay
+        declared = yaml.safe_load((directory / "namespace.yaml").read_text())
+        assert declared["kind"] == "Namespace"
+        assert not item.find(overlay, "Namespace", "")
+        namespaces = {obj["metadata"].get("namespace") for obj in item.objects[overlay]}
+        assert namespaces == {declared["metadata"]["name"]}
+    readme = (item.project / "deploy/kubernetes/README.md").read_text()
+    assert "kubectl apply -f deploy/kubernetes/overlays/dev/namespace.yaml" in readme
+
+
+@pytest.mark.parametrize(
+    "answers", [a for a in COMBINATIONS if a["database"] != "sqlite"], ids=combination_id
+)
+def test_replicas_spread_over_the_nodes(answers: Answers, rendered: dict[str, Rendered]) -> None:
+    """Else three replicas may share a node, and its drain takes them all."""
+    item = rendered[combination_id(answers)]
+    for overlay in OVERLAYS:
+        template = item.get(overlay, "Deployment")["spec"]["template"]
+        (spread,) = template["spec"]["topologySpreadConstraints"]
+        assert spread["topologyKey"] == "kubernetes.io/hostname"
+        assert spread["maxSkew"] == 1
+        assert spread["whenUnsatisfiable"] == "ScheduleAnyway", "one node still runs them all"
+        labels = template["metadata"]["labels"]
+        assert spread["labelSelector"]["matchLabels"].items() <= labels.items()
+
+
+@pytest.mark.parametrize("answers", COMBINATIONS, ids=combination_id)
+def test_no_deployment_an_autoscaler_scales_sets_replicas(
+    answers: Answers, rendered: dict[str, Rendered]
+) -> None:
+    """Else every `kubectl apply -k` resets the count the HPA scaled the app out to."""
+    item = rendered[combination_id(answers)]
+    for overlay in OVERLAYS:
+        for hpa in (
+            obj for obj in item.objects[overlay] if obj["kind"] == "HorizontalPodAutoscaler"
+        ):
+            target = hpa["spec"]["scaleTargetRef"]
+            deployment = item.get(overlay, target["kind"], target["name"])
+            assert "replicas" not in deployment["spec"], f"{overlay}: {target['name']}"
+        if answers["database"] != "sqlite" and answers["process_model"] == "single":
+            hpa = item.get(overlay, "HorizontalPodAutoscaler")
+            assert hpa["spec"]["minReplicas"] == (3 if overlay == "prod" else 2)
+
+
+@pytest.mark.parametrize("answers", COMBINATIONS, ids=combination_id)
+def test_the_ingress_controller_is_the_proxy_whatever_the_compose_answer(
+    answers: Answers, rendered: dict[str, Rendered]
+) -> None:
+    """Every pod trusts the forwarded headers of the addresses its overlay sets; production
+    serves HTTPS for the domain (or a placeholder host), development any host over HTTP."""
+    item = rendered[combination_id(answers)]
+    public = answers.get("domain", "localhost") != "localhost" and answers["reverse_proxy"] in (
+        "traefik",
+        "caddy",
+        "nginx",
+    )
+    slug = yaml.safe_load((item.project / ".copier-answers.yml").read_text())["project_slug"]
+    host = answers["domain"] if public else f"{slug}.example.com"
+    for overlay in OVERLAYS:
+        app = item.get(overlay, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+        assert "--proxy-headers" in app["args"] and "--no-proxy-headers" not in app["args"]
+        settings = item.get(overlay, "ConfigMap", "app-settings")["data"]
+        assert settings["FORWARDED_ALLOW_IPS"] == "10.0.0.0/8,172.16.0.0/12,192.168.0.0/16"
+        kustomization = item.project / "deploy/kubernetes/overlays" / overlay / "kustomization.yaml"
+        assert "FORWARDED_ALLOW_IPS=" in kustomization.read_text(), "a setting of the overlay"
+        ingress = item.get(overlay, "Ingress")["spec"]
+        if overlay == "dev":
+            assert "tls" not in ingress and "host" not in ingress["rules"][0]
+            continue
+        assert ingress["tls"] == [{"hosts": [host], "secretName": "app-tls"}]
+        assert ingress["rules"][0]["host"] == host
+        assert ingress["rules"][0]["http"] == item.get("dev", "Ingress")["spec"]["rules"][0]["http"]
+        annotations = item.get(overlay, "Ingress")["metadata"]["annotations"]
+        assert annotations["cert-manager.io/cluster-issuer"] == "letsencrypt"
+
+
+@pytest.mark.parametrize("answers", COMBINATIONS, ids=combination_id)
+def test_the_dev_overlay_fits_a_small_local_cluster(
+    answers: Answers, rendered: dict[str, Rendered]
+) -> None:
+    """kind or minikube on a laptop: one node of two CPUs, part of them its own system pods'.
+    Production's CPU requests (a CPU per pod) would leave the dev pods Pending."""
+    item = rendered[combination_id(answers)]
+    requested = 0.0
+    for obj in item.objects["dev"]:
+        if obj["kind"] not in ("Deployment", "StatefulSet"):
+            continue
+        hpa = item.find("dev", "HorizontalPodAutoscaler", obj["metadata"]["name"])
+        replicas = hpa["spec"]["minReplicas"] if hpa else obj["spec"]["replicas"]
+        containers = obj["spec"]["template"]["spec"]["containers"]
+        requested += replicas * sum(
+            cpu_cores(c["resources"]["requests"]["cpu"]) for c in containers
+        )
+    assert requested <= 0.5, f"{requested} CPUs requested"
+    prod = item.get("prod", "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    dev = item.get("dev", "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert dev["resources"]["limits"] == prod["resources"]["limits"], "the same workers"
+
+
+# PostgreSQL's defaults: max_connections, less superuser_reserved_connections.
+USABLE_CONNECTIONS = 100 - 3
+
+
+def cpu_cores(quantity: str) -> float:
+    return int(quantity[:-1]) / 1000 if quantity.endswith("m") else float(quantity)
+
+
+@pytest.mark.parametrize(
+    "answers", [a for a in COMBINATIONS if a["database"] == "postgresql"], ids=combination_id
+)
+def test_the_largest_deployment_fits_postgresqls_connections(
+    answers: Answers, rendered: dict[str, Rendered]
+) -> None:
+    """Every process may hold pool + overflow connections: at the autoscaler's maximum (or the
+    overlay's replicas) plus a rollout's surge, with the migration's, they fit PostgreSQL's
+    default limit; the README shows the sum for production."""
+    item = rendered[combination_id(answers)]
+    for overlay in OVERLAYS:
+        deployment = item.get(overlay, "Deployment")["spec"]
+        settings = item.get(overlay, "ConfigMap", "app-settings")["data"]
+        per_process = int(settings["DB_POOL_SIZE"]) + int(settings["DB_MAX_OVERFLOW"])
+        hpa = item.find(overlay, "HorizontalPodAutoscaler")
+        pods = hpa["spec"]["maxReplicas"] if hpa else deployment["replicas"]
+        surge = deployment["strategy"]["rollingUpdate"]["maxSurge"]
+        assert isinstance(surge, int)
+        limits = deployment["template"]["spec"]["containers"][0]["resources"]["limits"]
+        # In workers mode the entrypoint starts one worker per CPU of the limit, rounded up.
+        workers = (
+            math.ceil(cpu_cores(limits["cpu"])) if answers["process_model"] == "workers" else 1
+        )
+        migration = 1 if answers.get("migrations") else 0
+        peak = (pods + surge) * workers * per_process + migration
+        assert peak <= USABLE_CONNECTIONS, f"{overlay}: {peak} connections"
+        if overlay == "prod":
+            readme = (item.project / "deploy/kubernetes/README.md").read_text()
+            assert f" = {peak} <= 100 - 3 = 97" in readme
+
+
+@pytest.mark.parametrize("answers", COMBINATIONS, ids=combination_id)
+def test_only_the_ingress_controller_reaches_the_app(
+    answers: Answers, rendered: dict[str, Rendered]
+) -> None:
+    """The pods trust the forwarded headers of whoever reaches their port: the NetworkPolicy
+    admits the controller's namespace only (and Prometheus' with metrics), an overlay setting."""
+    item = rendered[combination_id(answers)]
+    ingress_class = answers.get(
+        "ingress_class", "traefik" if answers["reverse_proxy"] == "traefik" else "nginx"
+    )
+    expected = ["ingress-nginx" if ingress_class == "nginx" else ingress_class]
+    if answers["metrics"] == "prometheus":
+        expected.append("monitoring")
+    for overlay in OVERLAYS:
+        (rule,) = item.get(overlay, "NetworkPolicy")["spec"]["ingress"]
+        assert rule["ports"] == [{"port": 8000}]
+        sources = [source["namespaceSelector"]["matchLabels"] for source in rule["from"]]
+        assert sources == [{"kubernetes.io/metadata.name": name} for name in expected]
+        kustomization = item.project / "deploy/kubernetes/overlays" / overlay / "kustomization.yaml"
+        assert "path: /spec/ingress/0/from" in kustomization.read_text(), "an overlay setting"
 
 
 def test_nothing_is_emitted_for_a_target_not_chosen(template: Path, tmp_path: Path) -> None:
@@ -245,7 +416,8 @@ RUN_ANSWERS: Answers = {
     "database": "postgresql",
     "migrations": True,
     "process_model": "single",
-    "reverse_proxy": "external",
+    # No proxy in compose: on the cluster the pods trust the ingress controller all the same.
+    "reverse_proxy": "none",
     "deploy_targets": ["kubernetes"],
 }
 # A handful of the array's Kubernetes projects, chosen so that each process model meets each
@@ -447,7 +619,17 @@ def test_pod_spec_runs_as_declared_migration_then_probes(
         (migration,) = pod.run_init_containers()
         assert "Running upgrade" in migration
         server = pod.start_server()
-        pod.probe(server)
+        base = pod.probe(server)
+        # The published port reaches the pod from the Docker network's gateway, a private
+        # address like the ingress controller's: its X-Forwarded-For names the client.
+        forwarded = {"X-Forwarded-For": "203.0.113.7", "X-Forwarded-Proto": "https"}
+        request = urllib.request.Request(base + "/health", headers=forwarded)
+        with urllib.request.urlopen(request, timeout=5) as response:
+            assert response.status == 200
+        time.sleep(0.5)
+        lines = docker("logs", server).stdout.splitlines()
+        clients = [json.loads(line).get("client") for line in lines if line.startswith("{")]
+        assert "203.0.113.7" in clients, lines[-5:]
         inspected = docker("inspect", server).stdout
         assert password not in inspected, "the secret is a file, not in the container's config"
         found = json.loads(inspected)[0]["HostConfig"]

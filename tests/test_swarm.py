@@ -8,6 +8,7 @@ sending requests through the proxy: none fails. An image whose health check fail
 itself, and the service answers all along.
 """
 
+import functools
 import json
 import subprocess
 import sys
@@ -51,8 +52,8 @@ def deployed(template: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     image = f"{slug}:1"
     docker("build", "-t", image, ".", cwd=project)
     with swarm_node() as node:
-        label = f"{slug}.db=true"
-        docker("node", "update", "--label-add", label, node)
+        for label in (f"{slug}.db=true", f"{slug}.proxy=true"):
+            docker("node", "update", "--label-add", label, node)
         stack = Stack(project, slug.replace("-", ""), DOMAIN, ca.pem, project / "certs")
         try:
             stack.deploy(image)
@@ -61,7 +62,8 @@ def deployed(template: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
             yield stack
         finally:
             stack.remove()
-            docker("node", "update", "--label-rm", f"{slug}.db", node, check=False)
+            for label in (f"{slug}.db", f"{slug}.proxy"):
+                docker("node", "update", "--label-rm", label, node, check=False)
             remove_images(slug)
 
 
@@ -115,6 +117,59 @@ def test_broken_image_rolls_back_by_itself_and_the_service_keeps_answering(
     assert deployed.get("/ready") == 200
 
 
+def test_networks_are_encrypted_and_the_proxy_stays_on_its_node(deployed: Stack) -> None:
+    label = f"label=com.docker.stack.namespace={deployed.name}"
+    networks = docker("network", "ls", "-q", "--filter", label).stdout.split()
+    assert len(networks) == 2, "backend and edge"
+    for found in json.loads(docker("network", "inspect", *networks).stdout):
+        assert found["Options"].get("encrypted") == "true", found["Name"]
+    spec = json.loads(docker("service", "inspect", deployed.service("proxy")).stdout)[0]["Spec"]
+    answers = (deployed.project / ".copier-answers.yml").read_text()
+    slug = next(
+        line.split()[1] for line in answers.splitlines() if line.startswith("project_slug:")
+    )
+    constraints = spec["TaskTemplate"]["Placement"]["Constraints"]
+    assert constraints == [f"node.labels.{slug}.proxy == true"]
+
+
+def test_an_edited_proxy_configuration_deploys_as_a_new_config(deployed: Stack) -> None:
+    """Swarm configs cannot change: before, editing nginx.conf and deploying again failed
+    ("only updates to Labels are allowed"). Now the edit becomes a config of a new name, and
+    the proxy serves with it."""
+    image = current_image(deployed)
+    before = deployed.configs_version()["CONFIGS_VERSION"]
+    with (deployed.project / "nginx.conf").open("a") as file:
+        file.write("# edited after the first deploy\n")
+    after = deployed.configs_version()["CONFIGS_VERSION"]
+    assert after != before
+    updates = {service: update_status(deployed, service) for service in ("proxy", "app")}
+    deployed.deploy(image)
+    for service, previous in updates.items():
+        deployed.wait_until(
+            functools.partial(updated_since, deployed, service, previous),
+            f"{service} updated to the new configs",
+        )
+    deployed.wait_converged(image)
+    spec = json.loads(docker("service", "inspect", deployed.service("proxy")).stdout)[0]["Spec"]
+    names = [config["ConfigName"] for config in spec["TaskTemplate"]["ContainerSpec"]["Configs"]]
+    assert any(name.endswith(f"-nginx-{after}") for name in names), names
+    deployed.wait_serving()
+    assert deployed.get("/ready") == 200
+
+
+def updated_since(stack: Stack, service: str, previous: object) -> bool:
+    """A new update of the service (not the one before) has completed."""
+    status = update_status(stack, service)
+    return status not in (previous, None) and stack.update_state(service) == "completed"
+
+
+def update_status(stack: Stack, service: str) -> object:
+    found = docker(
+        "service", "inspect", stack.service(service), "--format", "{{json .UpdateStatus}}"
+    )
+    return json.loads(found.stdout or "null")
+
+
 def current_image(stack: Stack) -> str:
     images = set(stack.running_images())
     assert len(images) == 1, images
@@ -135,7 +190,8 @@ def test_traefik_and_caddy_serve_https_in_front_of_the_replicas(
     write_secrets = [sys.executable, str(REPO / "hooks" / "write_secrets.py"), "postgres_password"]
     subprocess.run(write_secrets, cwd=project, check=True, capture_output=True)
     node = docker("info", "--format", "{{.Swarm.NodeID}}").stdout.strip()
-    docker("node", "update", "--label-add", f"{slug}.db=true", node)
+    for label in (f"{slug}.db=true", f"{slug}.proxy=true"):
+        docker("node", "update", "--label-add", label, node)
     stack = Stack(project, slug.replace("-", ""))
     image = current_image(deployed)
     try:
@@ -147,7 +203,8 @@ def test_traefik_and_caddy_serve_https_in_front_of_the_replicas(
         assert_on_one_core(stack.service("proxy"))
     finally:
         stack.remove()
-        docker("node", "update", "--label-rm", f"{slug}.db", node, check=False)
+        for label in (f"{slug}.db", f"{slug}.proxy"):
+            docker("node", "update", "--label-rm", label, node, check=False)
 
 
 def assert_on_one_core(service: str) -> None:
