@@ -206,6 +206,7 @@ def _defaults(params: list[Parameter]) -> Row:
 def _context(params: list[Parameter], row: Row) -> Row:
     context = _defaults(params)
     context.update({name: value for name, value in row.items() if value is not None})
+    context.update(DERIVED)
     for name, spec in computed().items():
         value = expression(spec["default"]).render(context)
         context[name] = _is_true(value) if spec["type"] == "bool" else value

@@ -17,7 +17,7 @@ import yaml
 from tests.combinations import Answers, combination_id
 from tests.covering import answers_of, compose_proxies, covering_array
 from tests.docker import docker, require_engine
-from tests.project import render_with_secrets
+from tests.project import readme_block, render_with_secrets
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -27,9 +27,12 @@ pytestmark = pytest.mark.xdist_group("render")
 LEFTOVER = re.compile(r"\{\{|\{%|%\}|\{#")
 # Traefik fills these in from its environment when it reads traefik.yaml (Go templates).
 TRAEFIK_TEMPLATE = re.compile(r'\{\{ (env "[A-Z_]+"|with env "[A-Z_]+"|\.|end) \}\}')
-# GitHub Actions expressions, `${{ github.ref }}`, and docker/metadata-action's tag patterns,
-# `{{version}}`, are the workflows' own syntax.
-GITHUB_EXPRESSION = re.compile(r"\$\{\{ [^}]* \}\}|\{\{(version|major|minor|patch)\}\}")
+# GitHub Actions expressions, `${{ github.ref }}`, docker/metadata-action's tag patterns,
+# `{{version}}`, and the docker CLI's Go templates, `--format '{{.Networks}}'`, are the files'
+# own syntax.
+GITHUB_EXPRESSION = re.compile(
+    r"\$\{\{ [^}]* \}\}|\{\{(version|major|minor|patch)\}\}|'\{\{\.[A-Za-z]+\}\}'"
+)
 
 
 def _render_one(job: tuple[Path, Path, Answers]) -> None:
@@ -253,15 +256,22 @@ def test_docker_compose_accepts_the_compose_file_and_the_stack(
     answers: Answers, rendered: dict[str, Path]
 ) -> None:
     """The compose file as `docker compose` reads it (with .env), and the Swarm stack as its
-    README deploys it: the settings of .env exported, an image named."""
+    README deploys it: the settings its Deploy block exports, an image named."""
     if shutil.which("docker") is None:
         pytest.skip("no docker client (with the compose plugin) on PATH")
     project = rendered[combination_id(answers)]
     result = docker("compose", "config", "--quiet", cwd=project, check=False)
     assert result.returncode == 0, f"compose.yaml: {result.stderr}"
     if "swarm" in answers["deploy_targets"]:
+        readme = (project / "deploy" / "swarm" / "README.md").read_text()
+        # The Deploy block's settings lines as printed, then the stack read instead of deployed.
+        settings = [
+            line.split("#")[0].strip()
+            for line in readme_block(readme, "Deploy")
+            if line.startswith(("set -a", "export "))
+        ]
         stack = "docker compose -f deploy/swarm/stack.yaml config --quiet"
-        command = f"set -a && . ./.env && set +a && IMAGE=registry.example.com/app:1 {stack}"
+        command = " && ".join([*settings, f"IMAGE=registry.example.com/app:1 {stack}"])
         result = subprocess.run(
             ["bash", "-c", command], cwd=project, capture_output=True, text=True, timeout=60
         )
