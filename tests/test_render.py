@@ -166,14 +166,15 @@ def test_combination_renders_clean(
 # --- Where the app writes --------------------------------------------------------------------
 
 ENV_DIRECTORY = re.compile(r"PROMETHEUS_MULTIPROC_DIR=(\S+)")
-VOLUME = re.compile(r"^VOLUME (\S+)$", re.MULTILINE)
+APP_DIRECTORY = re.compile(r"install -d -o app -g app (\S+)")
 
 
 def app_writes(project: Path) -> set[str]:
     """The directories the app's image writes to, read from its Dockerfile: /tmp, the
-    directories its settings point to, and its volumes."""
+    directories its settings point to, and those it makes for the app's user (SQLite's
+    /srv/data)."""
     dockerfile = (project / "Dockerfile").read_text()
-    return {"/tmp", *ENV_DIRECTORY.findall(dockerfile), *VOLUME.findall(dockerfile)}
+    return {"/tmp", *ENV_DIRECTORY.findall(dockerfile), *APP_DIRECTORY.findall(dockerfile)}
 
 
 def _compose_mounts(service: dict[str, Any]) -> set[str]:
