@@ -249,6 +249,37 @@ def test_every_directory_the_app_writes_is_mounted_where_its_root_is_read_only(
     assert not problems, "\n".join(problems)
 
 
+def image_command(project: Path) -> list[str]:
+    """What the app's image runs: its ENTRYPOINT (if any), then its CMD (exec form)."""
+    final_stage = (project / "Dockerfile").read_text().split("\nFROM ")[-1]
+    command: list[str] = []
+    for instruction in ("ENTRYPOINT", "CMD"):
+        lines = [line for line in final_stage.splitlines() if line.startswith(f"{instruction} ")]
+        command += json.loads(lines[-1].split(" ", 1)[1]) if lines else []
+    return command
+
+
+@pytest.mark.parametrize("answers", COMBINATIONS, ids=combination_id)
+def test_compose_runs_the_images_own_command_after_its_lookup(
+    answers: Answers, rendered: dict[str, Path]
+) -> None:
+    """Where compose or the Swarm stack replace the app's entrypoint (to look up the proxy's
+    addresses first), they then run the image's ENTRYPOINT and CMD, word for word; elsewhere they
+    leave the image's command alone."""
+    project = rendered[combination_id(answers)]
+    files = [project / "compose.yaml"]
+    if "swarm" in answers["deploy_targets"]:
+        files.append(project / "deploy/swarm/stack.yaml")
+    for path in files:
+        app = yaml.safe_load(path.read_text())["services"]["app"]
+        if "entrypoint" in app:
+            shell, flag, script, *_ = app["entrypoint"]
+            assert (shell, flag) == ("sh", "-c") and script.endswith('exec "$$@"'), script
+            assert app["command"] == image_command(project), path
+        else:
+            assert "command" not in app, path
+
+
 # --- Each tool's own check ------------------------------------------------------------------
 
 
