@@ -872,6 +872,56 @@ def test_readme_container_commands_serve_postgresql_as_written(
 
 @pytest.mark.docker
 @pytest.mark.xdist_group("database-docker")
+def test_readme_container_commands_keep_sqlite_data_in_their_named_volume(
+    template: Path, tmp_path: Path
+) -> None:
+    """The README's `docker run` mounts a named volume at /srv/data: what one container wrote,
+    the next one reads. The image declares no VOLUME, so no run leaves an anonymous one."""
+    docker.require_engine()
+    stack = Stack(template, tmp_path / "sqlite", {**SQLITE_MIGRATIONS, "process_model": "single"})
+    volume = f"{stack.slug}-data"
+    build, run = readme_block((stack.root / "README.md").read_text(), "Container")
+    assert build == f"docker build -t {stack.slug} ."
+    assert f" -v {volume}:/srv/data " in run, run
+    port = free_port()
+    container = docker.unique_name("readme")
+    detached = run.replace("127.0.0.1:8000:", f"127.0.0.1:{port}:").replace(
+        "docker run ", f"docker run --detach --name {container} ", 1
+    )
+    env = {**tool_env(), **docker.DOCKER_ENV}
+    try:
+        subprocess.run(["bash", "-ec", build], cwd=stack.root, env=env, check=True)
+        image = docker.docker("image", "inspect", "-f", "{{json .Config.Volumes}}", stack.slug)
+        assert json.loads(image.stdout) in (None, {}), image.stdout
+        written = None
+        for _ in range(2):
+            subprocess.run(["bash", "-ec", detached], cwd=stack.root, env=env, check=True)
+            until(
+                lambda: status(f"http://127.0.0.1:{port}/health") == 200,
+                "the container answers /health",
+                timeout=120,
+            )
+            if written is None:
+                written = post_item(f"http://127.0.0.1:{port}", "kept in the volume")
+            else:
+                status_code, body = http_get(f"http://127.0.0.1:{port}/items/{written['id']}")
+                assert status_code == 200 and json.loads(body) == written, body
+            docker.docker("stop", container)  # --rm: the container goes, its volume stays
+            until(
+                lambda: (
+                    docker.docker("container", "inspect", container, check=False).returncode != 0
+                ),
+                "the container is removed",
+                timeout=30,
+            )
+    finally:
+        docker.docker("rm", "-f", container, check=False)
+        docker.docker("volume", "rm", "-f", volume, check=False)
+        docker.docker("rmi", "-f", stack.slug, check=False)
+
+
+@pytest.mark.docker
+@pytest.mark.xdist_group("database-docker")
 def test_sqlite_data_survives_a_restart_and_a_new_container(template: Path, tmp_path: Path) -> None:
     docker.require_engine()
     with Stack(template, tmp_path / "sqlite", SQLITE_MIGRATIONS).up() as stack:

@@ -501,6 +501,8 @@ def test_compose_stack_is_healthy_on_127_0_0_1_and_down_removes_it(
             running = docker("compose", "-p", stack, "ps", "--format", "json", cwd=project)
             assert "healthy" in running.stdout, running.stdout
             assert http_get(f"http://127.0.0.1:{port}/health")[0] == 200
+            app = docker("compose", "-p", stack, "ps", "-q", "app", cwd=project).stdout.strip()
+            assert_the_health_probe_is_sparing_and_reads_the_status(app)
             if answers.get("database") == "postgresql":
                 assert http_get(f"http://127.0.0.1:{port}/ready")[0] == 200
         label = f"label=com.docker.compose.project={stack}"
@@ -509,6 +511,18 @@ def test_compose_stack_is_healthy_on_127_0_0_1_and_down_removes_it(
             assert left == "", f"{listing[0]}s left after down -v: {left}"
     finally:
         docker("rmi", "-f", f"{slug}:latest", check=False)
+
+
+def assert_the_health_probe_is_sparing_and_reads_the_status(name: str) -> None:
+    """The image's HEALTHCHECK: a new interpreter every 10 s, not 5 (CPU on a small quota), and
+    healthy only on a 200 from /health."""
+    config = json.loads(docker("inspect", "-f", "{{json .Config.Healthcheck}}", name).stdout)
+    assert config["Interval"] == 10 * 10**9, config
+    kind, *probe = config["Test"]
+    assert kind == "CMD" and probe[:3] == ["python", "-I", "-S"], config
+    assert docker("exec", name, *probe, check=False).returncode == 0
+    elsewhere = [part.replace("/health", "/no-such-route") for part in probe]
+    assert docker("exec", name, *elsewhere, check=False).returncode == 1
 
 
 # --- Static --------------------------------------------------------------------------------

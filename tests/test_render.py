@@ -166,14 +166,15 @@ def test_combination_renders_clean(
 # --- Where the app writes --------------------------------------------------------------------
 
 ENV_DIRECTORY = re.compile(r"PROMETHEUS_MULTIPROC_DIR=(\S+)")
-VOLUME = re.compile(r"^VOLUME (\S+)$", re.MULTILINE)
+APP_DIRECTORY = re.compile(r"install -d -o app -g app (\S+)")
 
 
 def app_writes(project: Path) -> set[str]:
     """The directories the app's image writes to, read from its Dockerfile: /tmp, the
-    directories its settings point to, and its volumes."""
+    directories its settings point to, and those it makes for the app's user (SQLite's
+    /srv/data)."""
     dockerfile = (project / "Dockerfile").read_text()
-    return {"/tmp", *ENV_DIRECTORY.findall(dockerfile), *VOLUME.findall(dockerfile)}
+    return {"/tmp", *ENV_DIRECTORY.findall(dockerfile), *APP_DIRECTORY.findall(dockerfile)}
 
 
 def _compose_mounts(service: dict[str, Any]) -> set[str]:
@@ -246,6 +247,37 @@ def test_every_directory_the_app_writes_is_mounted_where_its_root_is_read_only(
             pytest.skip("no kubectl (with kustomize v5) on PATH")
         problems += unmounted_kubernetes(project, writes)
     assert not problems, "\n".join(problems)
+
+
+def image_command(project: Path) -> list[str]:
+    """What the app's image runs: its ENTRYPOINT (if any), then its CMD (exec form)."""
+    final_stage = (project / "Dockerfile").read_text().split("\nFROM ")[-1]
+    command: list[str] = []
+    for instruction in ("ENTRYPOINT", "CMD"):
+        lines = [line for line in final_stage.splitlines() if line.startswith(f"{instruction} ")]
+        command += json.loads(lines[-1].split(" ", 1)[1]) if lines else []
+    return command
+
+
+@pytest.mark.parametrize("answers", COMBINATIONS, ids=combination_id)
+def test_compose_runs_the_images_own_command_after_its_lookup(
+    answers: Answers, rendered: dict[str, Path]
+) -> None:
+    """Where compose or the Swarm stack replace the app's entrypoint (to look up the proxy's
+    addresses first), they then run the image's ENTRYPOINT and CMD, word for word; elsewhere they
+    leave the image's command alone."""
+    project = rendered[combination_id(answers)]
+    files = [project / "compose.yaml"]
+    if "swarm" in answers["deploy_targets"]:
+        files.append(project / "deploy/swarm/stack.yaml")
+    for path in files:
+        app = yaml.safe_load(path.read_text())["services"]["app"]
+        if "entrypoint" in app:
+            shell, flag, script, *_ = app["entrypoint"]
+            assert (shell, flag) == ("sh", "-c") and script.endswith('exec "$$@"'), script
+            assert app["command"] == image_command(project), path
+        else:
+            assert "command" not in app, path
 
 
 # --- Each tool's own check ------------------------------------------------------------------

@@ -146,6 +146,17 @@ def https_get(
         connection.close()
 
 
+def negotiated_protocol(port: int, domain: str, ca_pem: bytes) -> str | None:
+    """The protocol the server picks over TLS (ALPN) when a client offers HTTP/2 and 1.1."""
+    context = verifying_context(ca_pem)
+    context.set_alpn_protocols(["h2", "http/1.1"])
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname=domain) as tls,
+    ):
+        return tls.selected_alpn_protocol()
+
+
 def http_get_as(port: int, domain: str, path: str) -> tuple[int, http.client.HTTPMessage]:
     """Plain HTTP to 127.0.0.1:port with Host: domain; the status and headers (no redirects)."""
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
