@@ -54,7 +54,7 @@ RELEASE_EDITS = [
         "LOG_LEVEL=INFO\n# Serve the interactive API docs at /docs.\nDOCS_ENABLED=true\n",
     ),
     (
-        "template/README.md.jinja",
+        "includes/readme/settings.md.jinja",
         "| `LOG_LEVEL` | `INFO` | Level of the JSON logs on stdout, Uvicorn's included |\n",
         "| `LOG_LEVEL` | `INFO` | Level of the JSON logs on stdout, Uvicorn's included |\n"
         "| `DOCS_ENABLED` | `true` | Serve the interactive API docs at `/docs` |\n",
