@@ -260,13 +260,9 @@ def _rows(params: list[Parameter], rejected: dict[str, Rejection]) -> Iterator[R
 Tuple = tuple[tuple[str, Any], ...]
 
 
-def _key(value: Any) -> Any:
-    return tuple(value) if isinstance(value, list) else value
-
-
 def _tuples(row: Row, groups: list[tuple[str, ...]]) -> Iterator[Tuple]:
     for group in groups:
-        yield tuple((name, _key(row[name])) for name in group)
+        yield tuple((name, _hashable(row[name])) for name in group)
 
 
 @dataclass
@@ -293,7 +289,7 @@ def covering_array() -> CoveringArray:
     rejected: dict[str, Rejection] = {}
     required: set[Tuple] = set()
     space = list(_rows(params, rejected))
-    columns = [tuple(_key(row[name]) for row in space) for name in names]
+    columns = [tuple(_hashable(row[name]) for row in space) for name in names]
     for group in groups:
         projected = zip(*(columns[names.index(name)] for name in group), strict=True)
         required.update(tuple(zip(group, values, strict=True)) for values in set(projected))
@@ -314,7 +310,7 @@ def covering_array() -> CoveringArray:
         assert best is not None
         if best[0] == 0:  # the greedy walk missed what is left: an accepted row holding it
             wanted = next(iter(uncovered))
-            best = (1, next(r for r in space if all(_key(r[n]) == v for n, v in wanted)))
+            best = (1, next(r for r in space if all(_hashable(r[n]) == v for n, v in wanted)))
         rows.append(best[1])
         uncovered.difference_update(_tuples(best[1], groups))
     return CoveringArray(
