@@ -73,7 +73,8 @@ def test_three_replicas_answer_through_the_proxy_after_one_migration(deployed: S
     assert UPGRADE_LINE not in deployed.logs("app"), "the replicas do not migrate"
     tasks = docker("service", "ps", "--format", "{{.CurrentState}}", deployed.service("migrate"))
     assert tasks.stdout.strip().startswith("Complete"), tasks.stdout
-    mode = docker("service", "inspect", "--format", "{{json .Spec.Mode}}", deployed.service("migrate"))
+    migrate = deployed.service("migrate")
+    mode = docker("service", "inspect", "--format", "{{json .Spec.Mode}}", migrate)
     assert "ReplicatedJob" in mode.stdout, "a Swarm job: it runs to its end and stays complete"
 
 
