@@ -1,6 +1,6 @@
 """Print the generated data path's speed per database, next to SQLAlchemy's and the driver's.
 
-    uv run python -m benchmarks.database [--seconds 5] [--rounds 3] [--connections 16]
+    uv run python -m benchmarks.database [--seconds 5] [--rounds 3] [--connections 16] [--base REV]
 
 Renders a SQLite and a PostgreSQL project (package layout, migrations, uv), installs them,
 starts Debian's PostgreSQL on a free loopback port (tests/postgres.py, as the tests' `postgres`
@@ -15,7 +15,10 @@ fixture), then prints, in one run:
   one Uvicorn process (the image's command line, one process): the benchmark's endpoints are
   added to the generated app, so they pass through the same middleware. Uvicorn runs pinned on
   CPU 0 and `wrk` on CPU 1, against 127.0.0.1, for --seconds per run; each round runs every
-  endpoint once in turn, and the median of --rounds rounds is printed;
+  endpoint once in turn, and the median of --rounds rounds is printed, with the server
+  process's CPU time per request (all its threads, aiosqlite's too), steadier than requests/s
+  on a busy machine. With --base REV the template at REV is rendered too, and its read and
+  create are measured in the same rounds (a second process on the same core);
 - the round trips each read costs on PostgreSQL: the same endpoints served through a relay that
   counts the client's round trips on the wire (tests/pgwire.py), with the SQL each carried.
 
@@ -34,6 +37,7 @@ import statistics
 import subprocess
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +52,7 @@ STARTS = 3  # runs per start figure; the median is printed
 SERVER_CPU, CLIENT_CPU = "0", "1"
 SEEDED = 100  # items created before the load; reads cycle over none, they all ask for one id
 COUNTED_READS = 50
+MODULE = "benchmark_routes:app"  # the generated app with the reference endpoints
 READ_TARGET = 0.9  # x the bare SQLAlchemy read
 HEALTH_TARGET = 0.25  # x /health, on SQLite
 
@@ -188,7 +193,23 @@ DRIVERS = {
 class Load:
     rps: float
     p99_ms: float
+    cpu_us: float  # the server process's CPU time per request (all its threads)
     errors: int
+
+
+@dataclass(frozen=True)
+class Server:
+    url: str
+    pid: int
+
+
+@dataclass(frozen=True)
+class Target:
+    """An endpoint of a server, and the name its row gets."""
+
+    label: str
+    server: Server
+    endpoint: Endpoint
 
 
 def project(template: Path, dest: Path, database: str) -> Path:
@@ -221,13 +242,13 @@ def image_command(root: Path, module: str, port: int) -> list[str]:
 @contextlib.contextmanager
 def server(
     root: Path, env: dict[str, str], *, prestart: bool = False, module: str = "app.main:app"
-) -> Iterator[str]:
-    """One Uvicorn process (through prestart or not); its base URL while it runs."""
+) -> Iterator[Server]:
+    """One Uvicorn process (through prestart or not) while it runs."""
     port = free_port()
     command = image_command(root, module, port)
     if prestart:
         command = [".venv/bin/python", "prestart.py", *command]
-    else:  # pinned for the load; prestart's runs measure starts, not the core
+    else:  # pinned for the load (taskset execs Uvicorn); prestart's runs measure starts
         command = ["taskset", "-c", SERVER_CPU, *command]
     process = subprocess.Popen(
         command,
@@ -237,7 +258,7 @@ def server(
         stderr=subprocess.DEVNULL,
     )
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield Server(f"http://127.0.0.1:{port}", process.pid)
     finally:
         process.terminate()
         process.wait(timeout=30)
@@ -259,8 +280,8 @@ def first_200(root: Path, env: Callable[[], dict[str, str]], prestart: bool) -> 
     for _ in range(STARTS):
         run_env = env()
         started = time.monotonic()
-        with server(root, run_env, prestart=prestart) as url:
-            wait_ready(url)
+        with server(root, run_env, prestart=prestart) as running:
+            wait_ready(running.url)
             times.append(time.monotonic() - started)
     return f"{statistics.median(times):.2f} s"
 
@@ -270,59 +291,70 @@ def to_ms(value: str) -> float:
     return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
-def wrk(url: str, endpoint: Endpoint, seconds: int, connections: int, script: Path) -> Load:
+def cpu_seconds(pid: int) -> float:
+    """User and system time of a process, its threads included."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wrk(target: Target, seconds: int, connections: int, script: Path) -> Load:
     command = ["taskset", "-c", CLIENT_CPU, "wrk", "-t1", f"-c{connections}", f"-d{seconds}s"]
-    if endpoint.post:
+    if target.endpoint.post:
         command += ["-s", str(script)]
-    command += ["--latency", url + endpoint.path]
+    command += ["--latency", target.server.url + target.endpoint.path]
+    before = cpu_seconds(target.server.pid)
     output = subprocess.run(
         command, capture_output=True, text=True, check=True, timeout=seconds + 30
     ).stdout
+    cpu = cpu_seconds(target.server.pid) - before
+    requests = int(re.search(r"(\d+) requests in", output).group(1))  # type: ignore[union-attr]
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
     p99 = to_ms(re.search(r"^\s+99%\s+(\S+)", output, re.MULTILINE).group(1))  # type: ignore[union-attr]
     errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", output))
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
-    return Load(rps, p99, errors + (int(non_2xx.group(1)) if non_2xx else 0))
+    errors += int(non_2xx.group(1)) if non_2xx else 0
+    return Load(rps, p99, cpu / max(requests, 1) * 1e6, errors)
 
 
 def loads(
-    url: str, endpoints: list[Endpoint], seconds: int, connections: int, rounds: int, script: Path
-) -> dict[Endpoint, Load]:
-    """A warm-up second per endpoint, then `rounds` rounds of every endpoint in turn; medians."""
-    for endpoint in endpoints:
-        wrk(url, endpoint, 1, connections, script)
-    runs: dict[Endpoint, list[Load]] = {endpoint: [] for endpoint in endpoints}
+    targets: list[Target], seconds: int, connections: int, rounds: int, script: Path
+) -> dict[str, Load]:
+    """A warm-up second per target, then `rounds` rounds of every target in turn; medians."""
+    for target in targets:
+        wrk(target, 1, connections, script)
+    runs: dict[str, list[Load]] = {target.label: [] for target in targets}
     for _ in range(rounds):
-        for endpoint in endpoints:
-            runs[endpoint].append(wrk(url, endpoint, seconds, connections, script))
+        for target in targets:
+            runs[target.label].append(wrk(target, seconds, connections, script))
     return {
-        endpoint: Load(
+        label: Load(
             statistics.median(load.rps for load in measured),
             statistics.median(load.p99_ms for load in measured),
+            statistics.median(load.cpu_us for load in measured),
             sum(load.errors for load in measured),
         )
-        for endpoint, measured in runs.items()
+        for label, measured in runs.items()
     }
 
 
-def round_trips(root: Path, env: dict[str, str], endpoints: list[Endpoint]) -> dict[str, list[str]]:
-    """Per endpoint, the round trips of COUNTED_READS sequential reads (after a warm-up that
-    opens the connection and prepares the statements), through the counting relay."""
+def round_trips(
+    root: Path, env: dict[str, str], endpoints: list[Endpoint], module: str
+) -> dict[str, list[str]]:
+    """Per endpoint, the round trips of COUNTED_READS reads one after another (after a warm-up
+    that opens the connection and prepares the statements), through the counting relay."""
     relay = RoundTrips(env["POSTGRES_HOST"], int(env["POSTGRES_PORT"]))
     counted: dict[str, list[str]] = {}
     with (
         relay.running(),
-        server(
-            root, {**env, "POSTGRES_PORT": str(relay.port)}, module="benchmark_routes:app"
-        ) as url,
+        server(root, {**env, "POSTGRES_PORT": str(relay.port)}, module=module) as running,
     ):
-        wait_ready(url)
+        wait_ready(running.url)
         for endpoint in endpoints:
             for _ in range(5):
-                http_get(url + endpoint.path)
+                http_get(running.url + endpoint.path)
             relay.reset()
             for _ in range(COUNTED_READS):
-                assert http_get(url + endpoint.path)[0] == 200
+                assert http_get(running.url + endpoint.path)[0] == 200
             counted[endpoint.label] = relay.trips
     return counted
 
@@ -346,8 +378,6 @@ def migrate(root: Path, env: dict[str, str]) -> None:
 
 
 def seed(url: str) -> None:
-    import urllib.request
-
     for number in range(SEEDED):
         body = json.dumps({"name": f"item {number}", "description": "seeded"}).encode()
         request = urllib.request.Request(
@@ -357,14 +387,27 @@ def seed(url: str) -> None:
             assert response.status == 201
 
 
+def template_at(revision: str, dest: Path) -> Path:
+    """The template's files at a git revision."""
+    dest.mkdir(parents=True)
+    archive = subprocess.run(
+        ["git", "archive", revision], cwd=REPO, check=True, capture_output=True
+    )
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
+    return dest
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--seconds", type=int, default=5, help="wrk duration per run")
     parser.add_argument("--rounds", type=int, default=3, help="runs per figure (median)")
     parser.add_argument("--connections", type=int, default=16, help="wrk connections")
+    parser.add_argument(
+        "--base", help="also measure the generated read and create of the template at this revision"
+    )
     args = parser.parse_args()
     starts = []
-    measured: dict[str, dict[Endpoint, Load]] = {}
+    measured: dict[str, dict[str, Load]] = {}
     trips: dict[str, list[str]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-db-") as tmp:
         workdir = Path(tmp)
@@ -372,6 +415,10 @@ def main() -> None:
         script.write_text(POST_SCRIPT)
         template = snapshot(REPO, workdir / "template")
         roots = {db: project(template, workdir / db, db) for db in DATABASES}
+        bases = {}
+        if args.base:
+            old = template_at(args.base, workdir / "base-template")
+            bases = {db: project(old, workdir / f"base-{db}", db) for db in DATABASES}
         pg = start_server(free_port())
         if pg is None:
             raise SystemExit("no PostgreSQL server binaries (apt-get install postgresql)")
@@ -388,15 +435,28 @@ def main() -> None:
                         first_200(root, fresh, prestart=True),
                     )
                 )
-                endpoints = [HEALTH, READ, BARE_READ, *DRIVERS[database], CREATE, BARE_CREATE]
-                with server(root, current, module="benchmark_routes:app") as url:
-                    wait_ready(url)
-                    seed(url)
+                with contextlib.ExitStack() as stack:
+                    app = stack.enter_context(server(root, current, module=MODULE))
+                    wait_ready(app.url)
+                    seed(app.url)
+                    endpoints = [HEALTH, READ, BARE_READ, *DRIVERS[database], CREATE, BARE_CREATE]
+                    targets = [Target(e.label, app, e) for e in endpoints]
+                    if database in bases:
+                        base = stack.enter_context(server(bases[database], current, module=MODULE))
+                        wait_ready(base.url)
+                        for endpoint in (READ, CREATE):
+                            targets.append(
+                                Target(f"{endpoint.label} at {args.base}", base, endpoint)
+                            )
                     measured[database] = loads(
-                        url, endpoints, args.seconds, args.connections, args.rounds, script
+                        targets, args.seconds, args.connections, args.rounds, script
                     )
                 if database == "postgresql":
-                    trips = round_trips(root, current, [READ, BARE_READ, *DRIVERS[database]])
+                    counted = [READ, BARE_READ, *DRIVERS[database]]
+                    trips = round_trips(root, current, counted, MODULE)
+                    if database in bases:
+                        before = round_trips(bases[database], current, [READ], MODULE)
+                        trips[f"{READ.label} at {args.base}"] = before[READ.label]
         finally:
             pg.stop()
     report(starts, measured, trips, args)
@@ -404,7 +464,7 @@ def main() -> None:
 
 def report(
     starts: list[tuple[str, str, str, str]],
-    measured: dict[str, dict[Endpoint, Load]],
+    measured: dict[str, dict[str, Load]],
     trips: dict[str, list[str]],
     args: argparse.Namespace,
 ) -> None:
@@ -418,31 +478,35 @@ def report(
     print(
         f"One Uvicorn process on CPU {SERVER_CPU}; wrk -t1 -c{args.connections} -d{args.seconds}s"
         f" on CPU {CLIENT_CPU}; median of {args.rounds} rounds; {os.cpu_count()} cores, load"
-        f" average {os.getloadavg()[0]:.1f} after the runs"
+        f" average {os.getloadavg()[0]:.1f} after the runs. CPU: the server process's time per"
+        " request; its ratio compares 1/CPU, the requests/s a core would serve."
     )
     rows: list[list[str]] = [
-        ["database", "endpoint", "req/s", "p99 ms", "errors", "ratio", "target", ""]
-    ]
+        ["database", "endpoint", "req/s", "p99 ms", "CPU us", "errors", "ratio req/s", "CPU",
+         "target", ""]
+    ]  # fmt: skip
     for database, figures in measured.items():
-        health, read, bare = figures[HEALTH].rps, figures[READ].rps, figures[BARE_READ].rps
-        comparisons: dict[Endpoint, list[tuple[str, float, float]]] = {
-            READ: [("bare SQLAlchemy read", read / bare, READ_TARGET)],
-            CREATE: [("bare SQLAlchemy create", figures[CREATE].rps / figures[BARE_CREATE].rps, 0)],
-        }
-        if database == "sqlite":
-            comparisons[READ].append(("/health", read / health, HEALTH_TARGET))
-        for endpoint, load in figures.items():
-            cells = [database, endpoint.label, f"{load.rps:.0f}", f"{load.p99_ms:.1f}"]
+        health, bare = figures[HEALTH.label], figures[BARE_READ.label]
+        for label, load in figures.items():
+            cells = [database, label, f"{load.rps:.0f}", f"{load.p99_ms:.1f}", f"{load.cpu_us:.0f}"]
             cells.append(str(load.errors))
-            compared = comparisons.get(endpoint, [])
+            compared: list[tuple[str, Load, float]] = []
+            if label.startswith(READ.label):
+                compared.append(("bare SQLAlchemy read", bare, READ_TARGET))
+                if database == "sqlite":
+                    compared.append(("/health", health, HEALTH_TARGET))
+            elif label.startswith(CREATE.label):
+                compared.append(("bare SQLAlchemy create", figures[BARE_CREATE.label], 0))
             if not compared:
-                rows.append([*cells, "", "", ""])
-            for number, (baseline, ratio, target) in enumerate(compared):
+                rows.append([*cells, "", "", "", ""])
+            for number, (name, baseline, target) in enumerate(compared):
+                ratio = load.rps / baseline.rps
                 verdict = "" if not target else "met" if ratio >= target else "MISSED"
                 rows.append(
                     [
                         *(cells if not number else [""] * len(cells)),
-                        f"{ratio:.2f}x {baseline}",
+                        f"{ratio:.2f}x {name}",
+                        f"{baseline.cpu_us / load.cpu_us:.2f}x",
                         f">= {target:.2f}x" if target else "",
                         verdict,
                     ]
@@ -457,10 +521,10 @@ def report(
     for label, taken in trips.items():
         per_read = len(taken) / COUNTED_READS
         verdict = "met" if per_read <= 1 else "MISSED"
-        goal = f"target 1: {verdict}" if label == READ.label else ""
-        print(f"{label:<22} {per_read:>4.1f}  {goal}")
+        goal = f"target 1: {verdict}" if label.startswith(READ.label) else ""
+        print(f"{label:<32} {per_read:>4.1f}  {goal}")
         for statement in dict.fromkeys(taken):  # each distinct one once, in order
-            print(f"{'':<28}{statement[:90]}")
+            print(f"{'':<38}{' '.join(statement.split())[:100]}")
 
 
 if __name__ == "__main__":
