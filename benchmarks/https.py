@@ -227,6 +227,8 @@ def wrk(
     ).stdout  # fmt: skip
     app_cpu, proxy_cpu = (cpu_seconds(n) - b for n, b in zip(containers, cpu_before, strict=True))
     requests = int(re.search(r"(\d+) requests in", output).group(1))  # type: ignore[union-attr]
+    if not requests:
+        raise RuntimeError(f"no request answered through {proxy}:\n{output}")
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
     value, unit = re.search(r"\s99%\s+([\d.]+)(us|ms|s)", output).groups()  # type: ignore[union-attr]
     p99 = float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
@@ -306,6 +308,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=5, help="wrk duration per run")
     parser.add_argument("--connections", type=int, default=16, help="wrk connections")
     parser.add_argument("--rounds", type=int, default=3, help="wrk runs per figure (median)")
+    parser.add_argument(
+        "--proxies", nargs="+", default=["traefik", "caddy", "nginx"], help="the proxies to measure"
+    )
     args = parser.parse_args()
     problem = engine_problem()
     if problem:
@@ -317,7 +322,7 @@ def main() -> None:
     tools = build_tools_image(root / "tools")
     figures: dict[str, Figures] = {}
     try:
-        for proxy in ("traefik", "caddy", "nginx"):
+        for proxy in args.proxies:
             print(f"measuring {proxy} ...", file=sys.stderr, flush=True)
             dest = root / proxy
             if proxy == "nginx":
