@@ -405,6 +405,8 @@ def main() -> None:
     parser.add_argument(
         "--base", help="also measure the generated read and create of the template at this revision"
     )
+    parser.add_argument("--databases", nargs="+", default=list(DATABASES), choices=DATABASES)
+    parser.add_argument("--no-starts", action="store_true", help="skip the start-up figures")
     args = parser.parse_args()
     starts = []
     measured: dict[str, dict[str, Load]] = {}
@@ -414,11 +416,11 @@ def main() -> None:
         script = workdir / "post.lua"
         script.write_text(POST_SCRIPT)
         template = snapshot(REPO, workdir / "template")
-        roots = {db: project(template, workdir / db, db) for db in DATABASES}
+        roots = {db: project(template, workdir / db, db) for db in args.databases}
         bases = {}
         if args.base:
             old = template_at(args.base, workdir / "base-template")
-            bases = {db: project(old, workdir / f"base-{db}", db) for db in DATABASES}
+            bases = {db: project(old, workdir / f"base-{db}", db) for db in args.databases}
         pg = start_server(free_port())
         if pg is None:
             raise SystemExit("no PostgreSQL server binaries (apt-get install postgresql)")
@@ -428,7 +430,9 @@ def main() -> None:
                 migrate(root, current)
                 fresh = functools.partial(settings, database, workdir, pg)
                 starts.append(
-                    (
+                    (database, "", "", "")
+                    if args.no_starts
+                    else (
                         database,
                         first_200(root, functools.partial(dict, current), prestart=False),
                         first_200(root, functools.partial(dict, current), prestart=True),
