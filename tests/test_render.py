@@ -37,11 +37,12 @@ GITHUB_EXPRESSION = re.compile(
 
 def _render_one(job: tuple[Path, Path, Answers]) -> None:
     """Render, then write what the copy's tasks write but the lock: `.env`, the secret files,
-    nginx's certificate (for a public domain too: the files it would be given)."""
+    the certificate of a proxy that serves files from TLS_DIR (nginx for a public domain too:
+    the files it would be given)."""
     project = render_with_secrets(*job)
     hooks = REPO / "hooks"
     subprocess.run([sys.executable, str(hooks / "write_env.py")], cwd=project, check=True)
-    if job[2].get("reverse_proxy") == "nginx":
+    if "TLS_DIR=" in (project / ".env").read_text():
         certificate = [sys.executable, str(hooks / "write_certificate.py")]
         subprocess.run(certificate, cwd=project, check=True, capture_output=True)
 
