@@ -10,6 +10,7 @@ against the CA of the test and the hostname.
 import contextlib
 import http.client
 import json
+import os
 import shlex
 import subprocess
 import threading
@@ -34,7 +35,7 @@ from tests.edge import (
     set_env,
     wait_for_https,
 )
-from tests.project import free_port, render, wait_for_http
+from tests.project import free_port, readme_block, render, wait_for_http
 from tests.tls import Answer, TestCA, http_get_as, https_connection, negotiated_protocol
 
 DOCKER_GROUP = pytest.mark.xdist_group("docker")
@@ -234,9 +235,11 @@ def test_proxy_on_localhost_serves_the_copied_certificate_from_the_first_up_and_
     """The after-copy message's last command, run as printed, with nothing in between: the
     copy wrote a self-signed certificate for localhost (git-ignored), and the proxy serves it,
     the same one after the stack is taken down and started again, so a client that trusted it
-    once (the README's curl) keeps working."""
+    once (the README's curl) keeps working. The proxy does not serve /metrics; the README's
+    command shows them from inside the app's container."""
     require_engine()
-    stack = render_stack(template, tmp_path / "project", proxy, b"", domain="localhost")
+    answers = {"domain": "localhost", "metrics": "prometheus"}
+    stack = render_stack(template, tmp_path / "project", proxy, b"", **answers)
     cert = stack.project / "certs" / "fullchain.pem"
     assert cert.is_file() and (stack.project / "certs" / "privkey.pem").is_file()
     stack.trust = cert.read_bytes()  # self-signed: the certificate is its own root
@@ -250,6 +253,16 @@ def test_proxy_on_localhost_serves_the_copied_certificate_from_the_first_up_and_
         first = stack.get("/health")
         assert first.status == 200, first
         assert http_get_as(stack.http_port, "localhost", "/health")[0] in {301, 308}
+        assert stack.get("/metrics").status == 404
+        [look] = [line for line in readme_block(readme, "Metrics") if "/metrics" in line]
+        metrics = subprocess.run(
+            ["bash", "-ec", look],
+            cwd=stack.project,
+            env={**os.environ, "COMPOSE_PROJECT_NAME": stack.name},
+            capture_output=True,
+            text=True,
+        )
+        assert "http_requests_total" in metrics.stdout, metrics
         for restart in (("restart", "proxy"), ("down", "-v")):
             stack.compose(*restart)
             stack.compose("up", "--wait")
