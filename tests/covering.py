@@ -102,24 +102,20 @@ class Expression:
     """A Jinja text of copier.yml, evaluated by the answers it names (memoized on them)."""
 
     source: str
-    names: tuple[str, ...] | None = field(init=False)  # None: the whole context
+    names: tuple[str, ...] = field(init=False)
 
     def __post_init__(self) -> None:
         environment = _environment()
         parsed = environment.parse(self.source)
         names = set(jinja2.meta.find_undeclared_variables(parsed))
         for include in jinja2.meta.find_referenced_templates(parsed):
-            if include is None:
-                # A name made of answers (a proxy's own folder): any answer may count.
-                object.__setattr__(self, "names", None)
-                return
+            assert include is not None
             text = Path(REPO / include).read_text()
             names |= jinja2.meta.find_undeclared_variables(environment.parse(text))
         object.__setattr__(self, "names", tuple(sorted(names)))
 
     def render(self, context: Row) -> str:
-        names = tuple(sorted(context)) if self.names is None else self.names
-        key = tuple((name, _hashable(context.get(name))) for name in names)
+        key = tuple((name, _hashable(context.get(name))) for name in self.names)
         return _render(self.source, key)
 
 
