@@ -170,7 +170,8 @@ def test_a_saved_edit_of_a_route_answers_the_next_request_within_seconds(
     )
     saved = time.monotonic()
     while marker not in get(f"{watched.base_url}/health")[1]:
-        assert time.monotonic() - saved < 30, "the edit did not reach the server within 30 s"
+        # About 2 s on an idle machine; the bound leaves room for a CI machine's busy cores.
+        assert time.monotonic() - saved < 60, "the edit did not reach the server within 60 s"
         time.sleep(0.1)
     print(f"edit answered {time.monotonic() - saved:.1f} s after the save ({watched.answers})")
 
