@@ -1,0 +1,331 @@
+"""The Linux server target: systemd units, the proxy's site and the install script, for real.
+
+A Debian machine with systemd as PID 1 runs in Docker (`--cgroupns=private --cap-add SYS_ADMIN`,
+tmpfs on /run; no --privileged), with nginx, the distribution's Python and uv installed as an
+administrator would (tests/images/server). One project is installed there by its own
+`deploy/server/install.sh`: the socket starts the app on the first request through nginx's HTTPS
+site, after the migration unit ran once; a reload under a stream of requests and a stop lose
+none of them, and the access lines are in the journal. Every variant's units pass
+`systemd-analyze verify` without a word and rate at most 2.0 with `systemd-analyze security`.
+"""
+
+import json
+import re
+import ssl
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.docker import docker, require_engine, unique_name
+from tests.project import render
+
+REPO = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.xdist_group("server")
+
+# The installed project: workers (Gunicorn: sd_notify, reload), nginx with HTTPS for localhost,
+# SQLite migrated by the migration unit. Python 3.11 is Debian 12's own.
+INSTALLED: dict[str, Any] = {
+    "project_slug": "srv-api",
+    "python_version": "3.11",
+    "dependency_tool": "uv",
+    "process_model": "workers",
+    "reverse_proxy": "nginx",
+    "database": "sqlite",
+    "migrations": True,
+    "deploy_targets": ["server"],
+}
+SLUG = INSTALLED["project_slug"]
+IDENTIFIER = SLUG.replace("-", "_")
+
+# The other ways the units differ: one Uvicorn process; PostgreSQL (network, a credential) behind
+# Caddy; no database (no migration unit) and no proxy; Prometheus' files for workers behind an
+# external proxy.
+VARIANTS: list[dict[str, Any]] = [
+    {
+        "project_slug": "srv-single-pg",
+        "process_model": "single",
+        "reverse_proxy": "caddy",
+        "database": "postgresql",
+        "deploy_targets": ["server"],
+    },
+    {
+        "project_slug": "srv-plain",
+        "process_model": "single",
+        "reverse_proxy": "none",
+        "database": "none",
+        "deploy_targets": ["server"],
+    },
+    {
+        "project_slug": "srv-external",
+        "process_model": "workers",
+        "reverse_proxy": "external",
+        "database": "postgresql",
+        "migrations": False,
+        "metrics": "prometheus",
+        "deploy_targets": ["server", "kubernetes"],
+    },
+]
+SLUGS = [SLUG] + [answers["project_slug"] for answers in VARIANTS]
+
+
+@dataclass
+class Machine:
+    name: str
+    https_port: int
+    cafile: Path
+    units: dict[str, list[str]] = field(default_factory=dict)
+
+    def run(self, *command: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return docker("exec", self.name, *command, check=check)
+
+    def sh(self, script: str, check: bool = True) -> str:
+        return self.run("sh", "-c", script, check=check).stdout
+
+    def show(self, unit: str, prop: str) -> str:
+        return self.run("systemctl", "show", "--value", "-p", prop, unit).stdout.strip()
+
+    def journal(self, unit: str) -> list[str]:
+        return self.run("journalctl", "-u", unit, "-o", "cat", "--no-pager").stdout.splitlines()
+
+    def get(self, path: str, timeout: float = 30) -> int:
+        """GET through nginx's HTTPS site, trusting only the certificate install.sh made."""
+        context = ssl.create_default_context(cafile=self.cafile)
+        url = f"https://localhost:{self.https_port}{path}"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout, context=context) as response:
+                return int(response.status)
+        except urllib.error.HTTPError as error:
+            return error.code
+
+
+@pytest.fixture(scope="session")
+def server_image() -> Iterator[str]:
+    """The Debian machine's image, built once per session."""
+    require_engine()
+    tag = unique_name("server-systemd")
+    docker("build", "-q", "-t", tag, str(REPO / "tests" / "images" / "server"))
+    yield tag
+    docker("rmi", "-f", tag, check=False)
+
+
+@pytest.fixture(scope="module")
+def machine(
+    server_image: str, template: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Machine]:
+    """The machine booted, the project installed by its install script (nothing started yet
+    but the socket), and the other variants' units copied there (not installed)."""
+    project = render(template, tmp_path_factory.mktemp("server") / "project", INSTALLED, tasks=True)
+    name = unique_name("server-machine")
+    docker(
+        "run", "-d", "--name", name, "--cgroupns=private", "--cap-add", "SYS_ADMIN",
+        "--tmpfs", "/run", "--tmpfs", "/run/lock", "-p", "127.0.0.1::443", server_image,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        state = ""
+        while state not in {"running", "degraded"}:
+            assert time.monotonic() < deadline, f"systemd did not boot: {state}"
+            time.sleep(0.5)
+            state = docker("exec", name, "systemctl", "is-system-running", check=False).stdout
+            state = state.strip()
+        docker("cp", f"{project}/.", f"{name}:/root/{SLUG}")
+        # This machine reaches PyPI through a TLS-intercepting proxy whose CA is in the system
+        # store, which uv reads when told to.
+        docker(
+            "exec", "-w", f"/root/{SLUG}", "-e", "SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt",
+            name, "sh", "deploy/server/install.sh",
+        )  # fmt: skip
+        port = int(docker("port", name, "443/tcp").stdout.splitlines()[0].rsplit(":", 1)[1])
+        cafile = tmp_path_factory.mktemp("tls") / "fullchain.pem"
+        docker("cp", f"{name}:/etc/{SLUG}/tls/fullchain.pem", str(cafile))
+        found = Machine(name, port, cafile)
+        found.units[SLUG] = [f"/etc/systemd/system/{unit.name}" for unit in units_of(project)]
+        for answers in VARIANTS:
+            found.units[answers["project_slug"]] = copy_units(
+                found, template, tmp_path_factory, answers
+            )
+        yield found
+    finally:
+        docker("rm", "-f", "-v", name, check=False)
+
+
+def units_of(project: Path) -> list[Path]:
+    return sorted((project / "deploy" / "server" / "systemd").iterdir())
+
+
+def copy_units(
+    machine: Machine, template: Path, tmp: pytest.TempPathFactory, answers: dict[str, Any]
+) -> list[str]:
+    """A variant's units in a directory of their own on the machine, and stand-ins for the
+    programs they run (`systemd-analyze verify` checks that those exist)."""
+    slug = answers["project_slug"]
+    project = render(template, tmp.mktemp("units") / "project", answers)
+    machine.run("mkdir", "-p", f"/srv/units/{slug}", f"/opt/{slug}/.venv/bin")
+    docker("cp", f"{project}/deploy/server/systemd/.", f"{machine.name}:/srv/units/{slug}")
+    programs = " ".join(
+        f"/opt/{slug}/.venv/bin/{name}" for name in ("gunicorn", "uvicorn", "alembic")
+    )
+    machine.sh(f"touch {programs} && chmod +x {programs}")
+    return [f"/srv/units/{slug}/{unit.name}" for unit in units_of(project)]
+
+
+@pytest.mark.parametrize("slug", SLUGS)
+def test_units_verify_without_a_word(machine: Machine, slug: str) -> None:
+    """systemd-analyze verify warns, exiting 0, on an unknown key or a bad value: any output at
+    all is a finding."""
+    verified = machine.run("systemd-analyze", "verify", *machine.units[slug], check=False)
+    assert (verified.returncode, verified.stdout + verified.stderr) == (0, "")
+
+
+@pytest.mark.parametrize("slug", SLUGS)
+def test_services_expose_little(machine: Machine, slug: str) -> None:
+    """systemd-analyze's exposure rating, 0 (locked down) to 10 (unprotected), at most 2.0 for
+    the app and its migration."""
+    for unit in machine.units[slug]:
+        if unit.endswith(".service"):
+            rated = machine.run("systemd-analyze", "security", "--offline=yes", unit).stdout
+            exposure = float(re.findall(r"Overall exposure level for \S+: ([0-9.]+)", rated)[0])
+            assert exposure <= 2.0, rated
+
+
+@dataclass(frozen=True)
+class FirstStart:
+    """What the first requests found, and the state of the units around them."""
+
+    before: tuple[str, str]
+    statuses: tuple[int, int]
+    after: str
+    migration_result: str
+    migrated_at: int
+    started_at: int
+    migration_runs: int
+    state_files: list[str]
+
+
+@pytest.fixture(scope="module")
+def first_start(machine: Machine) -> FirstStart:
+    """The first requests after the install (tests run in any order: they all take this)."""
+    before = (
+        machine.show(f"{SLUG}.socket", "ActiveState"),
+        machine.show(f"{SLUG}.service", "ActiveState"),
+    )
+    statuses = (machine.get("/health"), machine.get("/items"))  # the table the migration made
+    return FirstStart(
+        before=before,
+        statuses=statuses,
+        after=machine.show(f"{SLUG}.service", "ActiveState"),
+        migration_result=machine.show(f"{SLUG}-migrate.service", "Result"),
+        migrated_at=int(machine.show(f"{SLUG}-migrate.service", "ExecMainExitTimestampMonotonic")),
+        started_at=int(machine.show(f"{SLUG}.service", "ExecMainStartTimestampMonotonic")),
+        migration_runs=sum(
+            line.startswith("Finished ") for line in machine.journal(f"{SLUG}-migrate.service")
+        ),
+        # Where the state directory keeps SQLite's file for the dynamic user.
+        state_files=machine.sh(f"ls /var/lib/private/{SLUG}").split(),
+    )
+
+
+def test_the_socket_starts_the_app_after_the_migration_on_the_first_request(
+    first_start: FirstStart,
+) -> None:
+    assert first_start.before == ("active", "inactive")
+    assert first_start.statuses == (200, 200)
+    assert first_start.after == "active"
+    assert first_start.migration_result == "success"
+    assert 0 < first_start.migrated_at < first_start.started_at
+    assert first_start.migration_runs == 1
+    assert f"{IDENTIFIER}.db" in first_start.state_files
+
+
+class RequestStream:
+    """GET /health through the proxy, one new connection after another, until stopped (at most
+    `limit` requests): the statuses, or the error instead of one."""
+
+    def __init__(self, machine: Machine, limit: int = 2000) -> None:
+        self.machine = machine
+        self.limit = limit
+        self.results: list[int | str] = []
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self.run)
+
+    def run(self) -> None:
+        while not self.stopping.is_set() and len(self.results) < self.limit:
+            try:
+                self.results.append(self.machine.get("/health"))
+            except OSError as error:
+                self.results.append(repr(error))
+
+    def __enter__(self) -> "RequestStream":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopping.set()
+        self.thread.join(timeout=60)
+
+
+def worker_pids(machine: Machine) -> set[int]:
+    main = machine.show(f"{SLUG}.service", "MainPID")
+    return {int(pid) for pid in machine.sh(f"pgrep -P {main} || true").split()}
+
+
+def test_reload_replaces_the_workers_under_load_and_loses_no_request(
+    machine: Machine, first_start: FirstStart
+) -> None:
+    assert machine.get("/health") == 200
+    main, before = machine.show(f"{SLUG}.service", "MainPID"), worker_pids(machine)
+
+    def ready() -> int:
+        return sum("Application startup complete" in line for line in machine.journal(SLUG))
+
+    started = ready()
+    with RequestStream(machine) as stream:
+        time.sleep(1)
+        machine.run("systemctl", "reload", f"{SLUG}.service")
+        deadline = time.monotonic() + 60
+        while ready() < started + len(before):
+            assert time.monotonic() < deadline, "the new workers did not start"
+            time.sleep(0.2)
+        time.sleep(1)
+    assert machine.show(f"{SLUG}.service", "MainPID") == main
+    assert worker_pids(machine).isdisjoint(before)
+    assert len(stream.results) > 20
+    assert set(stream.results) == {200}, [r for r in stream.results if r != 200][:5]
+
+
+def test_stop_is_graceful_and_the_socket_starts_it_again(
+    machine: Machine, first_start: FirstStart
+) -> None:
+    assert machine.get("/health") == 200
+    with RequestStream(machine) as stream:
+        time.sleep(1)
+        machine.run("systemctl", "stop", f"{SLUG}.service")
+        stopped = machine.show(f"{SLUG}.service", "Result")
+        time.sleep(1)
+    assert stopped == "success"  # exited by itself within TimeoutStopSec, not killed
+    lines = machine.journal(SLUG)
+    last_stop = max(i for i, line in enumerate(lines) if "Shutting down: Master" in line)
+    assert any("Application shutdown complete" in line for line in lines[:last_stop])
+    # Requests that arrived meanwhile waited on the socket, which started the app again.
+    assert set(stream.results) == {200}, [r for r in stream.results if r != 200][:5]
+    assert machine.show(f"{SLUG}.service", "ActiveState") == "active"
+
+
+def test_the_access_lines_are_in_the_journal_with_the_clients_address(
+    machine: Machine, first_start: FirstStart
+) -> None:
+    assert machine.get("/health?from=journal") == 200
+    entries = [json.loads(line) for line in machine.journal(SLUG) if line.startswith("{")]
+    access = [entry for entry in entries if entry["logger"] == f"{IDENTIFIER}.access"]
+    assert access and access[-1]["route"] == "/health" and access[-1]["status"] == 200
+    # The client as nginx saw it (the Docker host), not nginx's own loopback address.
+    assert access[-1]["client"] not in {"127.0.0.1", None}
