@@ -9,6 +9,7 @@ none of them, and the access lines are in the journal. Every variant's units pas
 `systemd-analyze verify` without a word and rate at most 2.0 with `systemd-analyze security`.
 """
 
+import contextlib
 import json
 import re
 import ssl
@@ -76,12 +77,25 @@ VARIANTS: list[dict[str, Any]] = [
 ]
 SLUGS = [SLUG] + [answers["project_slug"] for answers in VARIANTS]
 
+# One Uvicorn process on the socket (fd 3), exposed without a proxy.
+SINGLE: dict[str, Any] = {
+    "project_slug": "srv-single",
+    "python_version": "3.11",
+    "dependency_tool": "uv",
+    "process_model": "single",
+    "reverse_proxy": "none",
+    "database": "sqlite",
+    "migrations": True,
+    "deploy_targets": ["server"],
+}
+
 
 @dataclass
 class Machine:
     name: str
-    https_port: int
-    cafile: Path
+    slug: str
+    url: str  # where requests go: the proxy's site, or the socket itself
+    cafile: Path | None = None  # the certificate install.sh made, the only one trusted
     units: dict[str, list[str]] = field(default_factory=dict)
 
     def run(self, *command: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -97,11 +111,11 @@ class Machine:
         return self.run("journalctl", "-u", unit, "-o", "cat", "--no-pager").stdout.splitlines()
 
     def get(self, path: str, timeout: float = 30) -> int:
-        """GET through nginx's HTTPS site, trusting only the certificate install.sh made."""
-        context = ssl.create_default_context(cafile=self.cafile)
-        url = f"https://localhost:{self.https_port}{path}"
+        context = ssl.create_default_context(cafile=self.cafile) if self.cafile else None
         try:
-            with urllib.request.urlopen(url, timeout=timeout, context=context) as response:
+            with urllib.request.urlopen(
+                self.url + path, timeout=timeout, context=context
+            ) as response:
                 return int(response.status)
         except urllib.error.HTTPError as error:
             return error.code
@@ -117,17 +131,18 @@ def server_image() -> Iterator[str]:
     docker("rmi", "-f", tag, check=False)
 
 
-@pytest.fixture(scope="module")
-def machine(
-    server_image: str, template: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Machine]:
-    """The machine booted, the project installed by its install script (nothing started yet
-    but the socket), and the other variants' units copied there (not installed)."""
-    project = render(template, tmp_path_factory.mktemp("server") / "project", INSTALLED, tasks=True)
-    name = unique_name("server-machine")
+@contextlib.contextmanager
+def installed(
+    image: str, template: Path, tmp: pytest.TempPathFactory, answers: dict[str, Any], port: int
+) -> Iterator[tuple[Machine, Path]]:
+    """A machine booted, `port` published on 127.0.0.1, and the project installed by its own
+    install script: nothing started yet but the socket."""
+    slug = answers["project_slug"]
+    project = render(template, tmp.mktemp("server") / "project", answers, tasks=True)
+    name = unique_name(f"server-{slug}")
     docker(
         "run", "-d", "--name", name, "--cgroupns=private", "--cap-add", "SYS_ADMIN",
-        "--tmpfs", "/run", "--tmpfs", "/run/lock", "-p", "127.0.0.1::443", server_image,
+        "--tmpfs", "/run", "--tmpfs", "/run/lock", "-p", f"127.0.0.1::{port}", image,
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 60
@@ -137,25 +152,37 @@ def machine(
             time.sleep(0.5)
             state = docker("exec", name, "systemctl", "is-system-running", check=False).stdout
             state = state.strip()
-        docker("cp", f"{project}/.", f"{name}:/root/{SLUG}")
+        docker("cp", f"{project}/.", f"{name}:/root/{slug}")
         # This machine reaches PyPI through a TLS-intercepting proxy whose CA is in the system
-        # store, which uv reads when told to.
+        # store, which uv and pip read when told to.
+        store = "/etc/ssl/certs/ca-certificates.crt"
         docker(
-            "exec", "-w", f"/root/{SLUG}", "-e", "SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt",
-            name, "sh", "deploy/server/install.sh",
+            "exec", "-w", f"/root/{slug}", "-e", f"SSL_CERT_FILE={store}",
+            "-e", f"PIP_CERT={store}", name, "sh", "deploy/server/install.sh",
         )  # fmt: skip
-        port = int(docker("port", name, "443/tcp").stdout.splitlines()[0].rsplit(":", 1)[1])
-        cafile = tmp_path_factory.mktemp("tls") / "fullchain.pem"
-        docker("cp", f"{name}:/etc/{SLUG}/tls/fullchain.pem", str(cafile))
-        found = Machine(name, port, cafile)
-        found.units[SLUG] = [f"/etc/systemd/system/{unit.name}" for unit in units_of(project)]
-        for answers in VARIANTS:
-            found.units[answers["project_slug"]] = copy_units(
-                found, template, tmp_path_factory, answers
-            )
-        yield found
+        published = docker("port", name, f"{port}/tcp").stdout.splitlines()[0].rsplit(":", 1)[1]
+        scheme = "https" if port == 443 else "http"
+        machine = Machine(name, slug, f"{scheme}://localhost:{published}")
+        machine.units[slug] = [f"/etc/systemd/system/{unit.name}" for unit in units_of(project)]
+        yield machine, project
     finally:
         docker("rm", "-f", "-v", name, check=False)
+
+
+@pytest.fixture(scope="module")
+def machine(
+    server_image: str, template: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Machine]:
+    """The project behind nginx's HTTPS site, and the other variants' units copied there (not
+    installed)."""
+    with installed(server_image, template, tmp_path_factory, INSTALLED, 443) as (machine, _):
+        machine.cafile = tmp_path_factory.mktemp("tls") / "fullchain.pem"
+        docker("cp", f"{machine.name}:/etc/{SLUG}/tls/fullchain.pem", str(machine.cafile))
+        for answers in VARIANTS:
+            machine.units[answers["project_slug"]] = copy_units(
+                machine, template, tmp_path_factory, answers
+            )
+        yield machine
 
 
 def units_of(project: Path) -> list[Path]:
@@ -329,3 +356,42 @@ def test_the_access_lines_are_in_the_journal_with_the_clients_address(
     assert access and access[-1]["route"] == "/health" and access[-1]["status"] == 200
     # The client as nginx saw it (the Docker host), not nginx's own loopback address.
     assert access[-1]["client"] not in {"127.0.0.1", None}
+
+
+@pytest.fixture(scope="module")
+def single_machine(
+    server_image: str, template: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Machine]:
+    """The one-process project, its socket on port 8000 of every address."""
+    with installed(server_image, template, tmp_path_factory, SINGLE, 8000) as (machine, _):
+        yield machine
+
+
+def test_one_uvicorn_process_takes_the_socket_and_restarts_without_refusing_a_connection(
+    single_machine: Machine,
+) -> None:
+    """While Uvicorn restarts, the socket holds the new connections: none is refused. (One that
+    Uvicorn accepted in the instant it stops may be closed unanswered, as Uvicorn closes idle
+    connections at shutdown; Gunicorn's reload is the way that loses none.)"""
+    machine, slug = single_machine, SINGLE["project_slug"]
+    assert machine.show(f"{slug}.service", "ActiveState") == "inactive"
+    assert machine.get("/items") == 200  # the socket started it, after the migration
+    assert machine.show(f"{slug}-migrate.service", "Result") == "success"
+    main = machine.show(f"{slug}.service", "MainPID")
+    assert machine.sh(f"cat /proc/{main}/comm").strip() == "uvicorn"
+
+    with RequestStream(machine) as stream:
+        time.sleep(1)
+        machine.run("systemctl", "restart", f"{slug}.service")
+        time.sleep(2)
+    assert machine.show(f"{slug}.service", "MainPID") != main
+    assert len(stream.results) > 20
+    assert stream.results.count(200) >= len(stream.results) - 1, stream.results
+    assert not [r for r in stream.results if "Refused" in str(r)]
+
+    machine.run("systemctl", "stop", f"{slug}.service")
+    assert machine.show(f"{slug}.service", "Result") == "success"
+    entries = [json.loads(line) for line in machine.journal(slug) if line.startswith("{")]
+    access = [e for e in entries if e["logger"] == f"{slug.replace('-', '_')}.access"]
+    assert access and access[-1]["route"] == "/health"
+    assert any(e["message"] == "Application shutdown complete." for e in entries)
