@@ -395,3 +395,43 @@ def test_one_uvicorn_process_takes_the_socket_and_restarts_without_refusing_a_co
     access = [e for e in entries if e["logger"] == f"{slug.replace('-', '_')}.access"]
     assert access and access[-1]["route"] == "/health"
     assert any(e["message"] == "Application shutdown complete." for e in entries)
+
+
+@pytest.mark.parametrize("domain", ["localhost", "api.example.com"])
+def test_the_caddy_site_is_valid_where_caddy_imports_it(
+    template: Path, tmp_path: Path, domain: str
+) -> None:
+    """Caddy (the stand-in image's) validates its main configuration importing the site, as
+    install.sh leaves it: a local CA for localhost, Let's Encrypt with the account's e-mail."""
+    require_engine()
+    answers = {"reverse_proxy": "caddy", "domain": domain, "deploy_targets": ["server"]}
+    if domain != "localhost":
+        answers["acme_email"] = "ops@example.com"
+    project = render(template, tmp_path / "project", answers)
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "my-api.caddy").write_text((project / "deploy/server/caddy/my-api.caddy").read_text())
+    (etc / "Caddyfile").write_text("import my-api.caddy\n")
+    validate = "caddy validate --config /etc/caddy/Caddyfile --adapter caddyfile"
+    result = docker("run", "--rm", "-v", f"{etc}:/etc/caddy:ro", "caddy:2", *validate.split())
+    assert "Valid configuration" in result.stdout + result.stderr
+
+
+def test_the_nginx_site_for_a_public_domain_is_valid(
+    machine: Machine, template: Path, tmp_path: Path
+) -> None:
+    """The public domain's site (certbot's certificate paths, HSTS) passes `nginx -t` on the
+    machine, beside the installed site, with a stand-in certificate where certbot keeps it."""
+    answers = {"reverse_proxy": "nginx", "domain": "api.example.com", "deploy_targets": ["server"]}
+    project = render(template, tmp_path / "project", answers)
+    live = "/etc/letsencrypt/live/api.example.com"
+    machine.sh(
+        f"mkdir -p {live} /srv/public && openssl req -x509 -newkey rsa:2048 -nodes -days 1"
+        f" -subj /CN=api.example.com -keyout {live}/privkey.pem -out {live}/fullchain.pem"
+        " 2>/dev/null"
+    )
+    docker("cp", f"{project}/deploy/server/nginx/my-api.conf", f"{machine.name}:/srv/public/")
+    config = "events {} http { include /etc/nginx/conf.d/*.conf; include /srv/public/*.conf; }"
+    machine.sh(f"echo '{config}' > /srv/public.conf")
+    tested = machine.run("nginx", "-t", "-q", "-c", "/srv/public.conf", check=False)
+    assert (tested.returncode, tested.stderr) == (0, "")
