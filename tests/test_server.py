@@ -24,7 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
+from tests.combinations import combination_id
+from tests.covering import answers_of, covering_array
 from tests.docker import docker, require_engine, unique_name
 from tests.project import render
 
@@ -47,35 +50,14 @@ INSTALLED: dict[str, Any] = {
 SLUG = INSTALLED["project_slug"]
 IDENTIFIER = SLUG.replace("-", "_")
 
-# The other ways the units differ: one Uvicorn process; PostgreSQL (network, a credential) behind
-# Caddy; no database (no migration unit) and no proxy; Prometheus' files for workers behind an
-# external proxy.
-VARIANTS: list[dict[str, Any]] = [
-    {
-        "project_slug": "srv-single-pg",
-        "process_model": "single",
-        "reverse_proxy": "caddy",
-        "database": "postgresql",
-        "deploy_targets": ["server"],
-    },
-    {
-        "project_slug": "srv-plain",
-        "process_model": "single",
-        "reverse_proxy": "none",
-        "database": "none",
-        "deploy_targets": ["server"],
-    },
-    {
-        "project_slug": "srv-external",
-        "process_model": "workers",
-        "reverse_proxy": "external",
-        "database": "postgresql",
-        "migrations": False,
-        "metrics": "prometheus",
-        "deploy_targets": ["server", "kubernetes"],
-    },
+# Every way the units differ: the covering array's projects with this target (tests/covering.py),
+# their units checked statically beside the installed ones.
+COMBINATIONS = [
+    answers
+    for answers in map(answers_of, covering_array().rows)
+    if "server" in answers["deploy_targets"]
 ]
-SLUGS = [SLUG] + [answers["project_slug"] for answers in VARIANTS]
+UNIT_SETS = ["installed", *map(combination_id, COMBINATIONS)]
 
 # One Uvicorn process on the socket (fd 3), exposed without a proxy.
 SINGLE: dict[str, Any] = {
@@ -163,7 +145,9 @@ def installed(
         published = docker("port", name, f"{port}/tcp").stdout.splitlines()[0].rsplit(":", 1)[1]
         scheme = "https" if port == 443 else "http"
         machine = Machine(name, slug, f"{scheme}://localhost:{published}")
-        machine.units[slug] = [f"/etc/systemd/system/{unit.name}" for unit in units_of(project)]
+        machine.units["installed"] = [
+            f"/etc/systemd/system/{unit.name}" for unit in units_of(project)
+        ]
         yield machine, project
     finally:
         docker("rm", "-f", "-v", name, check=False)
@@ -173,16 +157,24 @@ def installed(
 def machine(
     server_image: str, template: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Machine]:
-    """The project behind nginx's HTTPS site, and the other variants' units copied there (not
-    installed)."""
+    """The project behind nginx's HTTPS site."""
     with installed(server_image, template, tmp_path_factory, INSTALLED, 443) as (machine, _):
         machine.cafile = tmp_path_factory.mktemp("tls") / "fullchain.pem"
         docker("cp", f"{machine.name}:/etc/{SLUG}/tls/fullchain.pem", str(machine.cafile))
-        for answers in VARIANTS:
-            machine.units[answers["project_slug"]] = copy_units(
-                machine, template, tmp_path_factory, answers
-            )
         yield machine
+
+
+@pytest.fixture(scope="module")
+def units(
+    machine: Machine, template: Path, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, list[str]]:
+    """The paths on the machine of the installed units, and of the other projects' (copied
+    there, not installed)."""
+    for number, answers in enumerate(COMBINATIONS):
+        machine.units[combination_id(answers)] = copy_units(
+            machine, template, tmp_path_factory, answers, f"/srv/units/{number}"
+        )
+    return machine.units
 
 
 def units_of(project: Path) -> list[Path]:
@@ -190,34 +182,42 @@ def units_of(project: Path) -> list[Path]:
 
 
 def copy_units(
-    machine: Machine, template: Path, tmp: pytest.TempPathFactory, answers: dict[str, Any]
+    machine: Machine,
+    template: Path,
+    tmp: pytest.TempPathFactory,
+    answers: dict[str, Any],
+    directory: str,
 ) -> list[str]:
-    """A variant's units in a directory of their own on the machine, and stand-ins for the
+    """A project's units in a directory of their own on the machine, and stand-ins for the
     programs they run (`systemd-analyze verify` checks that those exist)."""
-    slug = answers["project_slug"]
     project = render(template, tmp.mktemp("units") / "project", answers)
-    machine.run("mkdir", "-p", f"/srv/units/{slug}", f"/opt/{slug}/.venv/bin")
-    docker("cp", f"{project}/deploy/server/systemd/.", f"{machine.name}:/srv/units/{slug}")
+    slug = yaml.safe_load((project / ".copier-answers.yml").read_text())["project_slug"]
+    machine.run("mkdir", "-p", directory, f"/opt/{slug}/.venv/bin")
+    docker("cp", f"{project}/deploy/server/systemd/.", f"{machine.name}:{directory}")
     programs = " ".join(
         f"/opt/{slug}/.venv/bin/{name}" for name in ("gunicorn", "uvicorn", "alembic")
     )
     machine.sh(f"touch {programs} && chmod +x {programs}")
-    return [f"/srv/units/{slug}/{unit.name}" for unit in units_of(project)]
+    return [f"{directory}/{unit.name}" for unit in units_of(project)]
 
 
-@pytest.mark.parametrize("slug", SLUGS)
-def test_units_verify_without_a_word(machine: Machine, slug: str) -> None:
+@pytest.mark.parametrize("unit_set", UNIT_SETS)
+def test_units_verify_without_a_word(
+    machine: Machine, units: dict[str, list[str]], unit_set: str
+) -> None:
     """systemd-analyze verify warns, exiting 0, on an unknown key or a bad value: any output at
     all is a finding."""
-    verified = machine.run("systemd-analyze", "verify", *machine.units[slug], check=False)
+    verified = machine.run("systemd-analyze", "verify", *units[unit_set], check=False)
     assert (verified.returncode, verified.stdout + verified.stderr) == (0, "")
 
 
-@pytest.mark.parametrize("slug", SLUGS)
-def test_services_expose_little(machine: Machine, slug: str) -> None:
+@pytest.mark.parametrize("unit_set", UNIT_SETS)
+def test_services_expose_little(
+    machine: Machine, units: dict[str, list[str]], unit_set: str
+) -> None:
     """systemd-analyze's exposure rating, 0 (locked down) to 10 (unprotected), at most 2.0 for
     the app and its migration."""
-    for unit in machine.units[slug]:
+    for unit in units[unit_set]:
         if unit.endswith(".service"):
             rated = machine.run("systemd-analyze", "security", "--offline=yes", unit).stdout
             exposure = float(re.findall(r"Overall exposure level for \S+: ([0-9.]+)", rated)[0])
@@ -318,13 +318,14 @@ def test_reload_replaces_the_workers_under_load_and_loses_no_request(
     with RequestStream(machine) as stream:
         time.sleep(1)
         machine.run("systemctl", "reload", f"{SLUG}.service")
+        # Until the new workers serve and the old ones are gone.
         deadline = time.monotonic() + 60
-        while ready() < started + len(before):
-            assert time.monotonic() < deadline, "the new workers did not start"
+        while ready() < started + len(before) or not worker_pids(machine).isdisjoint(before):
+            assert time.monotonic() < deadline, "the workers were not replaced"
             time.sleep(0.2)
         time.sleep(1)
     assert machine.show(f"{SLUG}.service", "MainPID") == main
-    assert worker_pids(machine).isdisjoint(before)
+    assert len(worker_pids(machine)) == len(before)
     assert len(stream.results) > 20
     assert set(stream.results) == {200}, [r for r in stream.results if r != 200][:5]
 
