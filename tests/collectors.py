@@ -24,6 +24,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
 TRACES_PATH = "/v1/traces"
+SERVER_SPAN, CLIENT_SPAN = 2, 3  # SpanKind in the OTLP protocol
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,7 @@ class Span:
     span_id: str
     parent_span_id: str  # empty for a root span
     name: str
-    kind: int  # SpanKind of the proto: 2 server, 3 client
+    kind: int  # SERVER_SPAN, CLIENT_SPAN, ...
     attributes: dict[str, Any]
     pid: int | None  # process.pid of the resource: which worker sent it
 
@@ -142,7 +143,14 @@ class OtlpReceiver(_Server):
         return f"http://127.0.0.1:{self.port}"
 
     def spans_of_trace(self, trace_id: str, timeout: float = 20.0) -> list[Span]:
-        return self.wait_for(lambda spans: [s for s in spans if s.trace_id == trace_id], timeout)
+        """The spans of a trace, once its server span is in (it ends last: the spans inside it
+        came in the same batch or before)."""
+
+        def complete(spans: list[Span]) -> list[Span]:
+            found = [span for span in spans if span.trace_id == trace_id]
+            return found if any(span.kind == SERVER_SPAN for span in found) else []
+
+        return self.wait_for(complete, timeout)
 
 
 def envelope_events(body: bytes) -> list[dict[str, Any]]:
