@@ -24,7 +24,6 @@ import contextlib
 import os
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import tempfile
@@ -32,7 +31,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from tests.collectors import OtlpReceiver
+from tests.collectors import OtlpReceiver, silent_endpoint
 from tests.project import free_port, http_get, install, render, snapshot, tool_env
 
 REPO = Path(__file__).resolve().parent.parent
@@ -51,15 +50,6 @@ def project(template: Path, dest: Path, tracing: str) -> Path:
     render(template, dest, {"database": "sqlite", "tracing": tracing}, tasks=True)
     install(dest, {"dependency_tool": "uv", "python_version": "3.13"})
     return dest
-
-
-@contextlib.contextmanager
-def silent_collector() -> Iterator[str]:
-    """An endpoint that accepts connections (the kernel's backlog) and never reads or answers."""
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(4096)
-        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
 
 
 @contextlib.contextmanager
@@ -120,7 +110,7 @@ def main() -> None:
     with (
         tempfile.TemporaryDirectory(prefix="bench-telemetry-") as tmp,
         OtlpReceiver() as receiver,
-        silent_collector() as silent,
+        silent_endpoint() as silent,
     ):
         workdir = Path(tmp)
         template = snapshot(REPO, workdir / "template")

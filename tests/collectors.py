@@ -7,12 +7,14 @@ the events. Each is an HTTP server in a thread of the test process (no collector
 installed here), used by the tests and the benchmarks alike.
 """
 
+import contextlib
 import gzip
 import json
+import socket
 import threading
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Self
@@ -197,3 +199,13 @@ class SentryServer(_Server):
     @property
     def dsn(self) -> str:
         return f"http://publickey@127.0.0.1:{self.port}/42"
+
+
+@contextlib.contextmanager
+def silent_endpoint() -> Iterator[str]:
+    """A collector's address that accepts connections (the kernel's backlog) and never reads or
+    answers: each export to it waits for its timeout."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(4096)
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"

@@ -27,7 +27,14 @@ from pathlib import Path
 import pytest
 
 from tests import docker
-from tests.collectors import CLIENT_SPAN, SERVER_SPAN, OtlpReceiver, SentryServer, Span
+from tests.collectors import (
+    CLIENT_SPAN,
+    SERVER_SPAN,
+    OtlpReceiver,
+    SentryServer,
+    Span,
+    silent_endpoint,
+)
 from tests.combinations import Answers
 from tests.postgres import PostgresServer
 from tests.project import free_port, install, render, stop, tool_env, wait_for_http
@@ -194,6 +201,30 @@ def test_one_process_sends_the_spans_of_a_callers_request_and_logs_its_trace_id(
             "/items/{item_id}",
             404,
         )
+
+
+def test_no_request_waits_for_a_collector_that_never_answers(single: Project) -> None:
+    """Exports wait for their timeout while requests go on: answered at once, their spans beyond
+    the (here tiny) queue dropped, and the SDK's warning for each dropped span logged once."""
+    settings = {
+        "OTEL_BSP_MAX_QUEUE_SIZE": "4",
+        "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "2",
+        "OTEL_EXPORTER_OTLP_TIMEOUT": "30",
+    }
+    with (
+        silent_endpoint() as endpoint,
+        serving(
+            single, OTEL_EXPORTER_OTLP_ENDPOINT=endpoint, OTEL_BSP_SCHEDULE_DELAY="10", **settings
+        ) as (url, log),
+    ):
+        started = time.monotonic()
+        for number in range(60):
+            assert get(f"{url}/items/987654321", **{"X-Request-ID": f"waits-{number}"}) == 404
+        elapsed = time.monotonic() - started
+        access_line(log, "waits-59")
+        dropped = [line for line in log.read_text().splitlines() if "Queue full" in line]
+    assert elapsed < 20, f"60 requests took {elapsed:.1f} s"
+    assert len(dropped) == 1, dropped
 
 
 def calls_until_two_workers_answered(url: str, receiver: OtlpReceiver) -> list[tuple[str, str]]:
