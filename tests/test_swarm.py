@@ -1,7 +1,7 @@
 """The Docker Swarm target, deployed for real on this engine.
 
 A PostgreSQL project with nginx in front (HTTPS, with a certificate of the test CA) is
-deployed as a stack with three replicas: the migration runs once (the `migrate` service), the
+deployed as a stack with three replicas: the migration runs once (the `migrate` job), the
 replicas wait for it, the secret reaches them as a file and is in no container's `docker
 inspect`. A new image rolls out one replica at a time, start-first, while a client keeps
 sending requests through the proxy: none fails. An image whose health check fails rolls back by
@@ -73,6 +73,9 @@ def test_three_replicas_answer_through_the_proxy_after_one_migration(deployed: S
     assert UPGRADE_LINE not in deployed.logs("app"), "the replicas do not migrate"
     tasks = docker("service", "ps", "--format", "{{.CurrentState}}", deployed.service("migrate"))
     assert tasks.stdout.strip().startswith("Complete"), tasks.stdout
+    migrate = deployed.service("migrate")
+    mode = docker("service", "inspect", "--format", "{{json .Spec.Mode}}", migrate)
+    assert "ReplicatedJob" in mode.stdout, "a Swarm job: it runs to its end and stays complete"
 
 
 def test_secret_is_a_file_of_the_app_user_and_in_no_inspect(deployed: Stack) -> None:
