@@ -20,7 +20,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -125,7 +125,7 @@ def serving(project: Project, **env: str) -> Iterator[tuple[str, Path]]:
         )
         url = f"http://127.0.0.1:{port}"
         try:
-            wait_for_http(f"{url}/health", timeout=90, process=process)
+            wait_for_http(f"{url}/health", timeout=180, process=process)
             yield url, Path(output.name)
         except Exception as error:
             stop(process)
@@ -229,7 +229,7 @@ def test_no_request_waits_for_a_collector_that_never_answers(single: Project) ->
 
 def calls_until_two_workers_answered(url: str, receiver: OtlpReceiver) -> list[tuple[str, str]]:
     """Requests with a caller's trace, eight connections at a time, until the spans received
-    come from two processes (or 80 requests): the callers' trace and span ids."""
+    come from two processes (or 160 requests): the callers' trace and span ids."""
     callers: list[tuple[str, str]] = []
     lock = threading.Lock()
 
@@ -239,7 +239,7 @@ def calls_until_two_workers_answered(url: str, receiver: OtlpReceiver) -> list[t
         with lock:
             callers.append((trace_id, span_id))
 
-    for _ in range(10):
+    for _ in range(20):
         threads = [threading.Thread(target=call) for _ in range(8)]
         for thread in threads:
             thread.start()
@@ -248,6 +248,15 @@ def calls_until_two_workers_answered(url: str, receiver: OtlpReceiver) -> list[t
         if len(senders(receiver, timeout=1)) >= 2:
             break
     return callers
+
+
+def wait_for_workers(output: Callable[[], str], count: int = 2) -> None:
+    """Until the server's output says that `count` workers have started their application."""
+    deadline = time.monotonic() + 180
+    while output().count("Application startup complete") < count:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"fewer than {count} workers started:\n{output()[-3000:]}")
+        time.sleep(0.2)
 
 
 def senders(receiver: OtlpReceiver, timeout: float = 20.0) -> set[int | None]:
@@ -261,6 +270,7 @@ def test_each_worker_sends_its_spans(workers: Project) -> None:
     service = f"workers-{secrets.token_hex(3)}"
     with OtlpReceiver() as receiver, serving(workers, **exporting_to(receiver, service)) as served:
         url, log = served
+        wait_for_workers(log.read_text)
         callers = calls_until_two_workers_answered(url, receiver)
         for trace_id, span_id in callers:
             assert_continued(receiver.spans_of_trace(trace_id), trace_id, span_id, service)
@@ -340,7 +350,8 @@ def test_the_image_sends_the_spans_of_each_worker(workers: Project) -> None:
         docker.docker("run", "-d", "--name", name, "--network=host", *locked, *env, tag, *command)
         try:
             url = f"http://127.0.0.1:{port}"
-            wait_for_http(f"{url}/health", timeout=90)
+            wait_for_http(f"{url}/health", timeout=180)
+            wait_for_workers(lambda: docker.logs(name))
             callers = calls_until_two_workers_answered(url, receiver)
             for trace_id, span_id in callers:
                 assert_continued(receiver.spans_of_trace(trace_id), trace_id, span_id, service)
