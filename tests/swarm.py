@@ -85,9 +85,9 @@ def remove_images(prefix: str) -> None:
 @dataclass
 class Stack:
     """A stack deployed from a project's deploy/swarm/stack.yaml, its proxy published in host
-    mode on free ports. nginx serves the certificate in `tls_dir`, verified against `ca_pem`;
-    without them, the proxy's own certificate (Traefik's default, Caddy's local CA) is taken
-    unverified."""
+    mode on free ports. nginx (and Traefik for localhost) serves the certificate in `tls_dir`,
+    verified against `ca_pem`; without them, the proxy's own certificate (Caddy's local CA) is
+    taken unverified."""
 
     project: Path
     name: str

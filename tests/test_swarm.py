@@ -183,19 +183,26 @@ def current_image(stack: Stack) -> str:
 def test_traefik_and_caddy_serve_https_in_front_of_the_replicas(
     proxy: str, deployed: Stack, template: Path, tmp_path: Path
 ) -> None:
-    """The other proxies' stack form, for localhost: HTTPS with their own certificate, HTTP
-    redirected, the replicas reached over the edge network. The app's image is the one above
-    (the proxy answer does not change it)."""
+    """The other proxies' stack form, for localhost: HTTPS (Traefik with the certificate the
+    copy writes, verified; Caddy with its local CA's), HTTP redirected, the replicas reached
+    over the edge network. The app's image is the one above (the proxy answer does not change
+    it)."""
     slug = unique_name(f"tt-swarm-{proxy}")
     answers = {**ANSWERS, "reverse_proxy": proxy, "project_slug": slug}
     del answers["domain"]
     project = render(template, tmp_path / "project", answers)
     write_secrets = [sys.executable, str(REPO / "hooks" / "write_secrets.py"), "postgres_password"]
     subprocess.run(write_secrets, cwd=project, check=True, capture_output=True)
+    tls_dir = None
+    if proxy == "traefik":
+        write_certificate = [sys.executable, str(REPO / "hooks" / "write_certificate.py")]
+        subprocess.run(write_certificate, cwd=project, check=True, capture_output=True)
+        tls_dir = project / "certs"
     node = docker("info", "--format", "{{.Swarm.NodeID}}").stdout.strip()
     for label in (f"{slug}.db=true", f"{slug}.proxy=true"):
         docker("node", "update", "--label-add", label, node)
-    stack = Stack(project, slug.replace("-", ""))
+    trust = (tls_dir / "fullchain.pem").read_bytes() if tls_dir else None
+    stack = Stack(project, slug.replace("-", ""), ca_pem=trust, tls_dir=tls_dir)
     image = current_image(deployed)
     try:
         stack.deploy(image)
