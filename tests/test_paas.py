@@ -11,6 +11,7 @@ with SIGTERM within Cloud Run's 10 s. SQLite with a platform is refused at copy 
 import json
 import os
 import shlex
+import signal
 import subprocess
 import time
 import tomllib
@@ -28,6 +29,7 @@ from tests.project import (
     free_port,
     install,
     render,
+    run,
     serve,
     tool_env,
     wait_for_http,
@@ -98,6 +100,19 @@ def run_shell(command: str, cwd: Path, env: dict[str, str]) -> subprocess.Comple
     return subprocess.run(
         ["bash", "-c", command], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
     )
+
+
+def checks(venv_bin: Path) -> list[list[str]]:
+    """The project's own checks, as its CI runs them: ruff, mypy strict, its tests."""
+    commands = [["ruff", "check", "."], ["ruff", "format", "--check", "."], ["mypy"], ["pytest"]]
+    return [[str(venv_bin / command[0]), *command[1:]] for command in commands]
+
+
+def test_project_with_every_platform_passes_its_own_checks(
+    project: Path, venv_bin: Path, postgres: dict[str, str]
+) -> None:
+    for command in checks(venv_bin):
+        run(command, project, **postgres)
 
 
 # --- Procfile (Heroku, Dokku) ------------------------------------------------------------------
@@ -372,3 +387,59 @@ def test_sqlite_with_a_platform_is_refused_at_copy_time(
         result.stderr.split()
     )
     assert not dest.exists()
+
+
+# --- Without a database: the entrypoint exists for PORT alone (one process), or sizes workers ----
+
+
+@pytest.fixture(scope="module", params=["single", "workers"])
+def without_database(
+    request: pytest.FixtureRequest, template: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, Path]:
+    """A project without a database for Cloud Run (and a Procfile), installed; (path, bin)."""
+    answers = {**ANSWERS, "database": "none", "process_model": request.param}
+    answers["deploy_targets"] = ["cloudrun", "procfile"]
+    path = tmp_path_factory.mktemp("paas-nodb") / "platform-api"
+    render(template, path, answers, tasks=True)
+    (path / ".env").unlink()
+    return path, install(path, answers)
+
+
+def test_project_without_database_passes_its_own_checks(
+    without_database: tuple[Path, Path],
+) -> None:
+    path, venv_bin = without_database
+    assert (path / "prestart.py").is_file()
+    assert not (path / "deploy" / "cloudrun" / "migrate-job.yaml").exists()
+    assert set(procfile(path)) == {"web"}
+    for command in checks(venv_bin):
+        run(command, path)
+
+
+def test_cloud_run_command_serves_on_port_and_stops_on_sigterm_in_time(
+    without_database: tuple[Path, Path],
+) -> None:
+    path, venv_bin = without_database
+    container = cloud_run_container(path)
+    port = free_port()
+    command = [*container["command"], *container["args"]]
+    env = platform_env(venv_bin, PORT=str(port))
+    with serve(command, path, **env) as server:
+        assert wait_for_http(f"http://127.0.0.1:{port}/health", 60, server) == 200
+        started = time.monotonic()
+        server.terminate()
+        # Once shut down gracefully, Uvicorn exits by the signal it got (as PID 1 of a
+        # container, which ignores it: with 0).
+        assert server.wait(timeout=10) in {0, -signal.SIGTERM}
+        assert time.monotonic() - started < 10
+
+
+def test_entrypoint_refuses_a_port_that_is_no_port(without_database: tuple[Path, Path]) -> None:
+    path, venv_bin = without_database
+    container = cloud_run_container(path)
+    command = [*container["command"], *container["args"]]
+    result = subprocess.run(
+        command, cwd=path, env=platform_env(venv_bin, PORT="http"), capture_output=True, text=True
+    )
+    assert result.returncode != 0
+    assert "PORT must be a TCP port number" in result.stderr
