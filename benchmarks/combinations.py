@@ -15,7 +15,15 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from tests.covering import INTERACTING, answers_of, covering_array, parameters, row_of
+from tests.covering import (
+    INTERACTING,
+    answers_of,
+    covering_array,
+    factors,
+    interacting,
+    parameters,
+    row_of,
+)
 from tests.project import render, snapshot
 
 REPO = Path(__file__).resolve().parent.parent
@@ -43,11 +51,12 @@ def baseline_answers(revision: str) -> list[dict[str, Any]]:
 
 
 def as_row(answers: dict[str, Any]) -> dict[str, str]:
-    return {name: json.dumps(value) for name, value in row_of(answers).items()}
+    return {name: json.dumps(value) for name, value in factors(row_of(answers)).items()}
 
 
 def covered(rows: list[dict[str, str]]) -> tuple[set[tuple[Any, ...]], set[tuple[Any, ...]]]:
     names = [param.name for param in parameters()]
+    crossed = set(interacting())
     pairs, triples = set(), set()
     for row in rows:
         for i, first in enumerate(names):
@@ -55,7 +64,7 @@ def covered(rows: list[dict[str, str]]) -> tuple[set[tuple[Any, ...]], set[tuple
                 second = names[j]
                 pairs.add((first, row[first], second, row[second]))
                 for third in names[j + 1 :]:
-                    if {first, second, third} <= set(INTERACTING):
+                    if {first, second, third} <= crossed:
                         triples.add((first, row[first], second, row[second], third, row[third]))
     return pairs, triples
 

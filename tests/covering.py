@@ -141,33 +141,54 @@ def _is_true(text: str) -> bool:
 
 @dataclass(frozen=True)
 class Parameter:
-    """One question of the array: its values, when it is asked, and what refuses an answer."""
+    """One factor of the array: a question, or one choice of a multiselect question (is it
+    chosen?), with its values, when it is asked, and what refuses an answer."""
 
     name: str
     values: tuple[Any, ...]
     default: Any
     when: Expression | None
     validator: Expression | None
+    question: str = ""  # the multiselect question this factor is one choice of
+    choice: Any = None
 
     def asked(self, context: Row) -> bool:
         return self.when is None or _is_true(self.when.render(context))
 
 
-def parameters() -> list[Parameter]:
-    """Every question of copier.yml that changes what is rendered, in copier.yml's order."""
+def facet(question: str, choice: Any) -> str:
+    """The factor of one choice of a multiselect question: `deploy_targets=swarm`."""
+    return f"{question}={choice}"
+
+
+@functools.cache
+def parameters() -> tuple[Parameter, ...]:
+    """Every factor of copier.yml that changes what is rendered, in copier.yml's order: a
+    multiselect question enters as one yes/no per choice (its validator judges the last)."""
     found = []
     for name, spec in questions().items():
         if name in TEXT_ONLY or name in DERIVED:
             continue
+        when = spec.get("when")
+        asked = expression(when) if isinstance(when, str) else None
         if spec.get("multiselect"):
             options = list(spec["choices"].values())
-            values: list[Any] = [
-                list(subset)
-                for size in range(len(options) + 1)
-                for subset in itertools.combinations(options, size)
-            ]
-        elif "choices" in spec:
-            values = list(spec["choices"].values())
+            for choice in options:
+                last = choice == options[-1] and spec.get("validator")
+                found.append(
+                    Parameter(
+                        facet(name, choice),
+                        (False, True),
+                        choice in spec.get("default", []),
+                        asked,
+                        expression(spec["validator"]) if last else None,
+                        question=name,
+                        choice=choice,
+                    )
+                )
+            continue
+        if "choices" in spec:
+            values: list[Any] = list(spec["choices"].values())
         elif spec["type"] == "bool":
             values = [True, False]
         elif name in FREE_TEXT_CLASSES:
@@ -177,7 +198,6 @@ def parameters() -> list[Parameter]:
                 f"copier.yml's question {name} is in no class of tests/covering.py: add it to "
                 "TEXT_ONLY, DERIVED or FREE_TEXT_CLASSES"
             )
-        when = spec.get("when")
         # Free-text classes are valid by construction; a choice's validator refuses combinations.
         validator = spec.get("validator") if name not in FREE_TEXT_CLASSES else None
         found.append(
@@ -185,27 +205,37 @@ def parameters() -> list[Parameter]:
                 name,
                 tuple(values),
                 spec.get("default"),
-                expression(when) if isinstance(when, str) else None,
+                asked,
                 expression(validator) if validator else None,
             )
         )
-    return found
+    return tuple(found)
 
 
-def _defaults(params: list[Parameter]) -> Row:
+def interacting() -> list[str]:
+    """The factors of the INTERACTING questions (each choice of a multiselect one)."""
+    return [p.name for p in parameters() if (p.question or p.name) in INTERACTING]
+
+
+def _defaults(params: tuple[Parameter, ...]) -> Row:
     """What copier renders with for a question it does not ask: its default."""
     context: Row = {}
     for param in params:
+        if param.question:
+            continue
         default = param.default
         if isinstance(default, str) and "{" in default:
             default = expression(default).render(context)
         context[param.name] = default
+    for name, spec in questions().items():
+        if spec.get("multiselect"):
+            context[name] = list(spec.get("default", []))
     return context
 
 
-def _context(params: list[Parameter], row: Row) -> Row:
+def _context(params: tuple[Parameter, ...], row: Row) -> Row:
     context = _defaults(params)
-    context.update({name: value for name, value in row.items() if value is not None})
+    context.update(_questions(row))
     context.update(DERIVED)
     for name, spec in computed().items():
         value = expression(spec["default"]).render(context)
@@ -216,6 +246,37 @@ def _context(params: list[Parameter], row: Row) -> Row:
     return context
 
 
+def _questions(row: Row) -> Row:
+    """A row of factors as copier's answers: each multiselect question the list of its chosen
+    choices (None where it is not asked); the factors not yet set left out."""
+    answers: Row = {}
+    for param in parameters():
+        if param.name not in row:
+            continue
+        value = row[param.name]
+        if not param.question:
+            if value is not None:
+                answers[param.name] = value
+        elif value is not None:
+            chosen = answers.setdefault(param.question, [])
+            if value:
+                chosen.append(param.choice)
+    return answers
+
+
+def factors(answers: Row) -> Row:
+    """The factors of a question row (`row_of`, `CoveringArray.rows`)."""
+    row: Row = {}
+    for param in parameters():
+        if not param.question:
+            row[param.name] = answers.get(param.name)
+        elif answers.get(param.question) is None:
+            row[param.name] = None
+        else:
+            row[param.name] = param.choice in answers[param.question]
+    return row
+
+
 @dataclass
 class Rejection:
     message: str
@@ -224,37 +285,119 @@ class Rejection:
 
 
 def _options(
-    params: list[Parameter], index: int, row: Row, rejected: dict[str, Rejection]
+    params: tuple[Parameter, ...], index: int, row: Row, rejected: dict[str, Rejection] | None
 ) -> list[Any]:
-    """The values question `index` may take after the answers in `row` (None: not asked)."""
+    """The values factor `index` may take after the answers in `row` (None: not asked)."""
     param = params[index]
     context = _context(params, row)
     if not param.asked(context):
         return [None]
     accepted = []
     for value in param.values:
-        message = param.validator.render({**context, param.name: value}) if param.validator else ""
+        message = ""
+        if param.validator:
+            context = _context(params, {**row, param.name: value})
+            message = param.validator.render(context)
         if message:
-            entry = rejected.setdefault(message, Rejection(message, {**row, param.name: value}))
-            entry.count += 1
+            if rejected is not None:
+                example = _row({**row, param.name: value})
+                entry = rejected.setdefault(message, Rejection(message, example))
+                entry.count += 1
         else:
             accepted.append(value)
     return accepted
 
 
-def _rows(params: list[Parameter], rejected: dict[str, Rejection]) -> Iterator[Row]:
-    """Every accepted row (depth first, in question order)."""
+def _row(factor_row: Row) -> Row:
+    """A (possibly partial) row of factors as a row of questions."""
+    answers = _questions(factor_row)
+    names = {p.question or p.name for p in parameters() if p.name in factor_row}
+    return {name: answers.get(name) for name in questions() if name in names}
 
-    def walk(index: int, row: Row) -> Iterator[Row]:
-        if index == len(params):
-            yield dict(row)
-            return
-        for value in _options(params, index, row, rejected):
-            row[params[index].name] = value
-            yield from walk(index + 1, row)
-        row.pop(params[index].name, None)
 
-    return walk(0, {})
+@functools.cache
+def _referenced() -> frozenset[str]:
+    """The questions some text of copier.yml reads: a `when`, a validator, a default, a
+    computed value. The others change no later question: a walk can forget them."""
+    names: set[str] = set()
+    for param in parameters():
+        for text in (param.when, param.validator):
+            if text is not None:
+                names.update(text.names)
+        if isinstance(param.default, str) and "{" in param.default:
+            names.update(expression(param.default).names)
+    for spec in computed().values():
+        names.update(expression(spec["default"]).names)
+    return frozenset(names)
+
+
+def _state(params: tuple[Parameter, ...], index: int, row: Row) -> tuple[Any, ...]:
+    """What of `row` the factors from `index` on can see."""
+    seen = _referenced()
+    return (
+        index,
+        *((p.name, row.get(p.name)) for p in params[:index] if (p.question or p.name) in seen),
+    )
+
+
+@dataclass
+class _Space:
+    """The accepted space, counted and searched a factor at a time, memoized on what later
+    factors can see: never enumerated (each multiselect choice doubles it)."""
+
+    params: tuple[Parameter, ...]
+    rejected: dict[str, Rejection] = field(default_factory=dict)
+    _counts: dict[tuple[Any, ...], tuple[int, dict[str, int]]] = field(default_factory=dict)
+    _found: dict[tuple[Any, ...], Row | None] = field(default_factory=dict)
+
+    def count(self, index: int = 0, row: Row | None = None) -> tuple[int, dict[str, int]]:
+        """Accepted rows below this prefix, and the prefixes refused, per message."""
+        row = row if row is not None else {}
+        if index == len(self.params):
+            return 1, {}
+        key = _state(self.params, index, row)
+        if key not in self._counts:
+            param = self.params[index]
+            refused: dict[str, Rejection] = {}
+            accepted = 0
+            totals: dict[str, int] = {}
+            for value in _options(self.params, index, row, refused):
+                below, below_refused = self.count(index + 1, {**row, param.name: value})
+                accepted += below
+                for message, number in below_refused.items():
+                    totals[message] = totals.get(message, 0) + number
+            for message, rejection in refused.items():
+                totals[message] = totals.get(message, 0) + rejection.count
+                self.rejected.setdefault(message, rejection)
+            self._counts[key] = (accepted, totals)
+        return self._counts[key]
+
+    def find(self, wanted: "Tuple", index: int = 0, row: Row | None = None) -> Row | None:
+        """An accepted row of factors holding every value of `wanted`, or None."""
+        row = row if row is not None else {}
+        if index == len(self.params):
+            return dict(row)
+        fixed = dict(wanted)
+        later = tuple(t for t in wanted if t[0] in self._after(index))
+        key = (_state(self.params, index, row), later)
+        if key in self._found and self._found[key] is None:
+            return None
+        param = self.params[index]
+        for value in _options(self.params, index, row, None):
+            if param.name in fixed and _hashable(fixed[param.name]) != _hashable(value):
+                continue
+            found = self.find(wanted, index + 1, {**row, param.name: value})
+            if found is not None:
+                return found
+        self._found[key] = None
+        return None
+
+    @functools.cached_property
+    def _positions(self) -> dict[str, int]:
+        return {p.name: i for i, p in enumerate(self.params)}
+
+    def _after(self, index: int) -> set[str]:
+        return {name for name, position in self._positions.items() if position >= index}
 
 
 Tuple = tuple[tuple[str, Any], ...]
@@ -267,17 +410,22 @@ def _tuples(row: Row, groups: list[tuple[str, ...]]) -> Iterator[Tuple]:
 
 @dataclass
 class CoveringArray:
-    rows: list[Row]
-    pairs: int  # pairs of values that some accepted row holds
-    triples: int  # triples over INTERACTING, likewise
+    rows: list[Row]  # question -> answer (a list for a multiselect), None where not asked
+    pairs: int  # pairs of values of two factors that some accepted row holds
+    triples: int  # triples of factors of INTERACTING, likewise
     accepted: int  # rows of the whole space that copier.yml accepts
     rejected: list[Rejection]
     seconds: float
 
 
 def _groups(names: list[str]) -> list[tuple[str, ...]]:
-    interacting = [name for name in names if name in INTERACTING]
-    return [*itertools.combinations(names, 2), *itertools.combinations(interacting, 3)]
+    crossed = [name for name in names if name in interacting()]
+    return [*itertools.combinations(names, 2), *itertools.combinations(crossed, 3)]
+
+
+def _candidates(param: Parameter) -> tuple[Any, ...]:
+    # A factor may hold None where its `when` can be false.
+    return (*param.values, None) if param.when is not None else param.values
 
 
 @functools.cache
@@ -286,13 +434,25 @@ def covering_array() -> CoveringArray:
     params = parameters()
     names = [param.name for param in params]
     groups = _groups(names)
-    rejected: dict[str, Rejection] = {}
+    space = _Space(params)
+    accepted, refused = space.count()
+    for message, number in refused.items():
+        space.rejected[message].count = number
+    # The tuples some accepted row holds: each candidate tuple either lies in a row already
+    # found, or is searched for.
+    held: list[Row] = []
     required: set[Tuple] = set()
-    space = list(_rows(params, rejected))
-    columns = [tuple(_hashable(row[name]) for row in space) for name in names]
+    by_name = {param.name: param for param in params}
     for group in groups:
-        projected = zip(*(columns[names.index(name)] for name in group), strict=True)
-        required.update(tuple(zip(group, values, strict=True)) for values in set(projected))
+        for values in itertools.product(*(_candidates(by_name[name]) for name in group)):
+            wanted = tuple(zip(group, map(_hashable, values), strict=True))
+            if any(all(_hashable(r[n]) == v for n, v in wanted) for r in held[-64:]):
+                required.add(wanted)
+                continue
+            found = space.find(wanted)
+            if found is not None:
+                held.append(found)
+                required.add(wanted)
     pair_count = sum(1 for t in required if len(t) == 2)
     uncovered = set(required)
     by_last: dict[str, list[tuple[str, ...]]] = {name: [] for name in names}
@@ -309,38 +469,44 @@ def covering_array() -> CoveringArray:
                 best = (gain, row)
         assert best is not None
         if best[0] == 0:  # the greedy walk missed what is left: an accepted row holding it
-            wanted = next(iter(uncovered))
-            best = (1, next(r for r in space if all(_hashable(r[n]) == v for n, v in wanted)))
+            found = space.find(min(uncovered, key=repr))
+            assert found is not None
+            best = (1, found)
         rows.append(best[1])
         uncovered.difference_update(_tuples(best[1], groups))
     return CoveringArray(
-        rows=rows,
+        rows=[_row(row) for row in rows],
         pairs=pair_count,
         triples=len(required) - pair_count,
-        accepted=len(space),
-        rejected=list(rejected.values()),
+        accepted=accepted,
+        rejected=list(space.rejected.values()),
         seconds=time.perf_counter() - start,
     )
 
 
 def _greedy_row(
-    params: list[Parameter],
+    params: tuple[Parameter, ...],
     by_last: dict[str, list[tuple[str, ...]]],
     uncovered: set[Tuple],
     rng: random.Random,
 ) -> Row:
-    """One row, question by question: the value completing the most uncovered tuples with the
-    answers already chosen (ties broken at random)."""
-    row: Row = {}
-    for index, param in enumerate(params):
-        options = _options(params, index, row, {})
-        scored = []
-        for value in options:
-            row[param.name] = value
-            gain = sum(t in uncovered for t in _tuples(row, by_last[param.name]))
-            scored.append((gain, rng.random(), value))
-        row[param.name] = max(scored, key=lambda item: (item[0], item[1]))[2]
-    return row
+    """One row, factor by factor: the value completing the most uncovered tuples with the
+    answers already chosen (ties broken at random). A dead end (a validator refusing every
+    value) starts the row again."""
+    while True:
+        row: Row = {}
+        for index, param in enumerate(params):
+            options = _options(params, index, row, None)
+            if not options:
+                break
+            scored = []
+            for value in options:
+                row[param.name] = value
+                gain = sum(t in uncovered for t in _tuples(row, by_last[param.name]))
+                scored.append((gain, rng.random(), value))
+            row[param.name] = max(scored, key=lambda item: (item[0], item[1]))[2]
+        else:
+            return row
 
 
 def row_of(answers: dict[str, Any]) -> Row:
@@ -351,18 +517,20 @@ def row_of(answers: dict[str, Any]) -> Row:
     for param in params:
         if not param.asked(_context(params, row)):
             row[param.name] = None
+        elif param.question:
+            chosen = answers.get(param.question, questions()[param.question].get("default", []))
+            row[param.name] = param.choice in chosen
         elif param.name in answers:
             row[param.name] = answers[param.name]
         else:
             row[param.name] = None if param.name == "ingress_class" else param.default
-    return row
+    return _row(row)
 
 
 def answers_of(row: Row) -> dict[str, Any]:
     """The --data of a row: the questions copier asks, and a valid text where one is needed."""
     answers = {name: value for name, value in row.items() if value is not None}
-    params = parameters()
-    context = _context(params, row)
+    context = _context(parameters(), factors(row))
     for name, text in DERIVED.items():
         when = questions()[name].get("when")
         if when is None or _is_true(expression(when).render(context)):

@@ -14,6 +14,8 @@ from tests.covering import (
     TEXT_ONLY,
     answers_of,
     covering_array,
+    factors,
+    interacting,
     parameters,
     questions,
 )
@@ -21,9 +23,19 @@ from tests.test_validation import copier_copy
 
 
 def test_every_question_of_copier_yml_enters_the_array_or_is_text_only() -> None:
-    entered = {param.name for param in parameters()}
+    entered = {param.question or param.name for param in parameters()}
     assert entered | set(TEXT_ONLY) | set(DERIVED) == set(questions())
     assert set(INTERACTING) <= entered
+
+
+def test_a_multiselect_enters_as_one_yes_or_no_per_choice() -> None:
+    """Each deployment target is a factor of its own: the array covers each target with each
+    other answer (and each pair of targets), not every subset, which doubles with each target."""
+    targets = list(questions()["deploy_targets"]["choices"].values())
+    assert [f"deploy_targets={target}" for target in targets] == [
+        param.name for param in parameters() if param.question == "deploy_targets"
+    ]
+    assert {f"deploy_targets={target}" for target in targets} <= set(interacting())
 
 
 def test_every_accepted_pair_and_interacting_triple_is_in_some_project() -> None:
@@ -33,14 +45,15 @@ def test_every_accepted_pair_and_interacting_triple_is_in_some_project() -> None
     def held(rows: list[dict[str, object]], size: int) -> set[tuple[tuple[str, str], ...]]:
         found: set[tuple[tuple[str, str], ...]] = set()
         for row in rows:
-            values = [(name, json.dumps(row[name])) for name in names]
+            facts = factors(row)
+            values = [(name, json.dumps(facts[name])) for name in names]
             for i, first in enumerate(values):
                 for j in range(i + 1, len(values)):
                     if size == 2:
                         found.add((first, values[j]))
                         continue
                     for third in values[j + 1 :]:
-                        if {first[0], values[j][0], third[0]} <= set(INTERACTING):
+                        if {first[0], values[j][0], third[0]} <= set(interacting()):
                             found.add((first, values[j], third))
         return found
 
