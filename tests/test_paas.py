@@ -13,19 +13,28 @@ import os
 import shlex
 import signal
 import subprocess
+import sys
 import time
-import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from tests import docker
+from tests.covering import answers_of, covering_array
+from tests.platforms import (
+    PLATFORMS,
+    blueprint,
+    cloud_run_container,
+    cloud_run_service,
+    fly_config,
+    migration_job_container,
+    procfile,
+    schema_check,
+)
 from tests.postgres import PASSWORD
 from tests.project import (
-    REPO,
     free_port,
     install,
     render,
@@ -36,10 +45,8 @@ from tests.project import (
 )
 from tests.test_validation import copier_copy
 
-SCHEMAS = REPO / "tests" / "schemas"
-BIN = Path(__file__).resolve().parent.parent / ".venv" / "bin"
+BIN = Path(sys.executable).parent  # this environment's honcho
 
-PLATFORMS = ["procfile", "fly", "render", "cloudrun"]
 ANSWERS: dict[str, Any] = {
     "project_name": "Platform API",
     "dependency_tool": "uv",
@@ -118,11 +125,6 @@ def test_project_with_every_platform_passes_its_own_checks(
 # --- Procfile (Heroku, Dokku) ------------------------------------------------------------------
 
 
-def procfile(project: Path) -> dict[str, str]:
-    lines = (project / "Procfile").read_text().splitlines()
-    return dict(line.split(": ", 1) for line in lines if line.strip())
-
-
 def test_procfile_lists_web_and_release_at_the_root(project: Path) -> None:
     processes = procfile(project)
     assert set(processes) == {"web", "release"}
@@ -157,13 +159,6 @@ def test_web_without_port_stops_naming_it(project: Path, venv_bin: Path) -> None
 
 
 # --- Render -------------------------------------------------------------------------------------
-
-
-def blueprint(project: Path) -> dict[str, Any]:
-    loaded: dict[str, Any] = yaml.safe_load(
-        (project / "deploy" / "render" / "render.yaml").read_text()
-    )
-    return loaded
 
 
 def render_env(service: dict[str, Any], postgres: dict[str, str]) -> dict[str, str]:
@@ -218,11 +213,6 @@ def test_render_pre_deploy_migrates_then_start_serves_its_health_path_on_port(
 # --- Fly.io and Cloud Run: schemas ---------------------------------------------------------------
 
 
-def schema_errors(schema: str, instance: Path) -> subprocess.CompletedProcess[str]:
-    command = [str(BIN / "check-jsonschema"), "--schemafile", str(SCHEMAS / schema), str(instance)]
-    return subprocess.run(command, capture_output=True, text=True, timeout=120)
-
-
 @pytest.mark.parametrize(
     ("schema", "path", "typo"),
     [
@@ -241,19 +231,19 @@ def test_platform_file_matches_its_schema_and_a_typo_does_not(
     project: Path, tmp_path: Path, schema: str, path: str, typo: tuple[str, str]
 ) -> None:
     original = project / path
-    checked = schema_errors(schema, original)
+    checked = schema_check(schema, original)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     text = original.read_text()
     assert typo[0] in text
     mistyped = tmp_path / original.name
     mistyped.write_text(text.replace(typo[0], typo[1], 1))
-    assert schema_errors(schema, mistyped).returncode == 1
+    assert schema_check(schema, mistyped).returncode == 1
 
 
 def test_fly_routes_to_the_app_port_checks_health_and_releases_with_the_migration(
     project: Path,
 ) -> None:
-    config = tomllib.loads((project / "deploy" / "fly" / "fly.toml").read_text())
+    config = fly_config(project)
     service = config["http_service"]
     assert service["internal_port"] == 8000
     assert [check["path"] for check in service["checks"]] == ["/health"]
@@ -265,27 +255,6 @@ def test_fly_routes_to_the_app_port_checks_health_and_releases_with_the_migratio
 
 
 # --- Cloud Run: the image run as Cloud Run runs it ----------------------------------------------
-
-
-def cloud_run_service(project: Path) -> dict[str, Any]:
-    loaded: dict[str, Any] = yaml.safe_load(
-        (project / "deploy" / "cloudrun" / "service.yaml").read_text()
-    )
-    spec: dict[str, Any] = loaded["spec"]["template"]["spec"]
-    return spec
-
-
-def cloud_run_container(project: Path) -> dict[str, Any]:
-    [container] = cloud_run_service(project)["containers"]
-    assert isinstance(container, dict)
-    return container
-
-
-def migration_job_container(project: Path) -> dict[str, Any]:
-    loaded = yaml.safe_load((project / "deploy" / "cloudrun" / "migrate-job.yaml").read_text())
-    [container] = loaded["spec"]["template"]["spec"]["template"]["spec"]["containers"]
-    assert isinstance(container, dict)
-    return container
 
 
 @pytest.fixture(scope="module")
@@ -370,6 +339,29 @@ def test_image_runs_the_migration_job_then_serves_on_cloud_runs_port_and_stops_o
         assert time.monotonic() - started < 10
         assert exited.stdout.strip() == "0", docker.logs(name)
         assert "Serving on port 9090, from PORT" in docker.logs(name)
+
+
+# --- Every project of the covering array with a platform ---------------------------------------
+
+ARRAY = [
+    answers_of(row)
+    for row in covering_array().rows
+    if set(row["deploy_targets"] or []) & set(PLATFORMS)
+]
+
+
+def test_covering_array_holds_each_platform_with_each_process_model_and_database() -> None:
+    """tests/test_render.py checks each of these projects' platform files (schemas, one start
+    and one release command)."""
+    held = {
+        (target, answers["process_model"], answers["database"])
+        for answers in ARRAY
+        for target in answers["deploy_targets"]
+    }
+    for target in PLATFORMS:
+        for model in ("single", "workers"):
+            for database in ("postgresql", "none"):
+                assert (target, model, database) in held
 
 
 # --- Refused --------------------------------------------------------------------------------------
