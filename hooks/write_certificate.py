@@ -1,8 +1,9 @@
-"""Write a self-signed certificate for localhost where nginx expects one and none is there.
+"""Write a self-signed certificate for localhost where the proxy expects one and none is there.
 
 Runs as a copier task after copy, and as a migration after every update, in projects whose
-nginx serves localhost: so that the first `docker compose up` finds the files nginx serves,
-like the secrets the copy writes. The files go where `.env` points nginx (`TLS_DIR`, `TLS_CERT`,
+nginx or Traefik serves localhost: so that the first `docker compose up` finds the files the
+proxy serves, like the secrets the copy writes, and every later start serves the same
+certificate. The files go where `.env` points the proxy (`TLS_DIR`, `TLS_CERT`,
 `TLS_KEY`), are git-ignored and never enter an image; existing files are never replaced, so a
 certificate made with mkcert (trusted by the browsers) stays. Without openssl the project is
 left as it is and the message says the command to run.
@@ -39,7 +40,7 @@ def main() -> None:
     command = openssl_command(cert, key)
     if shutil.which("openssl") is None:
         print(
-            "No openssl here, so nginx has no certificate for localhost yet: make one with\n"
+            "No openssl here, so the proxy has no certificate for localhost yet: make one with\n"
             f"  mkdir -p {shlex.quote(str(key.parent))} {shlex.quote(str(cert.parent))}"
             f" && {shlex.join(command)}",
             file=sys.stderr,
@@ -48,7 +49,8 @@ def main() -> None:
     cert.parent.mkdir(parents=True, exist_ok=True)
     key.parent.mkdir(parents=True, exist_ok=True)
     subprocess.run(command, check=True, capture_output=True)
-    # nginx's master reads the key as root without the capability to override file modes.
+    # The proxy (nginx's master, Traefik) reads the key as root without the capability to
+    # override file modes.
     key.chmod(0o644)
     print(f"Wrote a self-signed certificate for localhost (git-ignored): {cert}, {key}.")
 

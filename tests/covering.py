@@ -108,15 +108,32 @@ class Expression:
         environment = _environment()
         parsed = environment.parse(self.source)
         names = set(jinja2.meta.find_undeclared_variables(parsed))
-        for include in jinja2.meta.find_referenced_templates(parsed):
-            assert include is not None
-            text = Path(REPO / include).read_text()
-            names |= jinja2.meta.find_undeclared_variables(environment.parse(text))
+        for path in _included(parsed):
+            names |= jinja2.meta.find_undeclared_variables(environment.parse(path.read_text()))
         object.__setattr__(self, "names", tuple(sorted(names)))
 
     def render(self, context: Row) -> str:
         key = tuple((name, _hashable(context.get(name))) for name in self.names)
         return _render(self.source, key)
+
+
+def _included(parsed: jinja2.nodes.Template) -> list[Path]:
+    """The files a text includes or imports; where the name is made of answers (a proxy's own
+    folder: 'includes/proxy/' ~ reverse_proxy ~ '/names.jinja'), every file it can name."""
+    found = []
+    kinds = (jinja2.nodes.Include, jinja2.nodes.Import, jinja2.nodes.FromImport)
+    for node in parsed.find_all(kinds):
+        assert isinstance(node, kinds)
+        found += sorted(REPO.glob(_pattern(node.template)))
+    return found
+
+
+def _pattern(node: jinja2.nodes.Node) -> str:
+    if isinstance(node, jinja2.nodes.Const):
+        return str(node.value)
+    if isinstance(node, jinja2.nodes.Concat):
+        return "".join(_pattern(part) for part in node.nodes)
+    return "*"
 
 
 @functools.cache

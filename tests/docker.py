@@ -47,6 +47,23 @@ def engine_problem() -> str | None:
     return None
 
 
+@functools.cache
+def stack_client() -> str:
+    """The newest docker client on PATH: a stack with a Swarm job (`mode: replicated-job`)
+    needs 23 or later, and the client that builds here (first on PATH) may be older."""
+    found: dict[tuple[int, ...], str] = {}
+    for directory in os.environ.get("PATH", "").split(os.pathsep):
+        client = Path(directory) / "docker"
+        if not os.access(client, os.X_OK):
+            continue
+        answer = subprocess.run([client, "--version"], capture_output=True, text=True).stdout
+        version = re.search(r"(\d+)\.(\d+)\.(\d+)", answer)
+        if version:
+            found.setdefault(tuple(map(int, version.groups())), str(client))
+    assert found, "no docker client on PATH"
+    return found[max(found)]
+
+
 def require_engine() -> None:
     """Skip the calling test, saying why, where no engine can be had."""
     problem = engine_problem()

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.docker import DOCKER_ENV, docker, unique_name
+from tests.docker import DOCKER_ENV, docker, stack_client, unique_name
 from tests.edge import DOMAIN
 from tests.project import free_port
 from tests.tls import https_get
@@ -85,9 +85,9 @@ def remove_images(prefix: str) -> None:
 @dataclass
 class Stack:
     """A stack deployed from a project's deploy/swarm/stack.yaml, its proxy published in host
-    mode on free ports. nginx serves the certificate in `tls_dir`, verified against `ca_pem`;
-    without them, the proxy's own certificate (Traefik's default, Caddy's local CA) is taken
-    unverified."""
+    mode on free ports. nginx (and Traefik for localhost) serves the certificate in `tls_dir`,
+    verified against `ca_pem`; without them, the proxy's own certificate (Caddy's local CA) is
+    taken unverified."""
 
     project: Path
     name: str
@@ -138,7 +138,7 @@ class Stack:
             **({"TLS_DIR": str(self.tls_dir)} if self.tls_dir else {}),
         }
         stack_file = self.project / "deploy" / "swarm" / "stack.yaml"
-        command = ["docker", "stack", "deploy", "--resolve-image", "never", "-c"]
+        command = [stack_client(), "stack", "deploy", "--resolve-image", "never", "-c"]
         result = subprocess.run(
             [*command, str(stack_file), self.name],
             env=env,

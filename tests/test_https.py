@@ -10,6 +10,9 @@ against the CA of the test and the hostname.
 import contextlib
 import http.client
 import json
+import os
+import shlex
+import subprocess
 import threading
 import time
 import urllib.request
@@ -17,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.hashes import SHA256
 
 from tests.docker import docker, established_peers, host_pid, require_engine, unique_name
 from tests.edge import (
@@ -31,7 +35,7 @@ from tests.edge import (
     set_env,
     wait_for_https,
 )
-from tests.project import free_port, render, wait_for_http
+from tests.project import free_port, readme_block, render, wait_for_http
 from tests.tls import Answer, TestCA, http_get_as, https_connection, negotiated_protocol
 
 DOCKER_GROUP = pytest.mark.xdist_group("docker")
@@ -224,22 +228,50 @@ def test_nginx_without_its_certificate_stops_naming_the_path(
 
 @pytest.mark.docker
 @DOCKER_GROUP
-def test_nginx_on_localhost_serves_https_at_the_first_up_after_copy(
-    template: Path, tmp_path: Path
+@pytest.mark.parametrize("proxy", ["nginx", "traefik"])
+def test_proxy_on_localhost_serves_the_copied_certificate_from_the_first_up_and_after_restarts(
+    proxy: str, template: Path, tmp_path: Path
 ) -> None:
     """The after-copy message's last command, run as printed, with nothing in between: the
-    copy wrote a self-signed certificate for localhost (git-ignored), and nginx serves it."""
+    copy wrote a self-signed certificate for localhost (git-ignored), and the proxy serves it,
+    the same one after the stack is taken down and started again, so a client that trusted it
+    once (the README's curl) keeps working. The proxy does not serve /metrics; the README's
+    command shows them from inside the app's container."""
     require_engine()
-    stack = render_stack(template, tmp_path / "project", "nginx", b"", domain="localhost")
+    answers = {"domain": "localhost", "metrics": "prometheus"}
+    stack = render_stack(template, tmp_path / "project", proxy, b"", **answers)
     cert = stack.project / "certs" / "fullchain.pem"
     assert cert.is_file() and (stack.project / "certs" / "privkey.pem").is_file()
     stack.trust = cert.read_bytes()  # self-signed: the certificate is its own root
     assert "certs/" in (stack.project / ".gitignore").read_text().splitlines()
+    readme = (stack.project / "README.md").read_text()
+    curl = "curl --cacert certs/fullchain.pem https://localhost/health"
+    assert f"`{curl}`" in readme
+    as_printed = curl.replace("localhost/", f"localhost:{stack.https_port}/")
     try:
         stack.compose("up", "--build", "--wait")
-        answer = stack.get("/health")
-        assert answer.status == 200, answer
-        assert http_get_as(stack.http_port, "localhost", "/health")[0] == 308
+        first = stack.get("/health")
+        assert first.status == 200, first
+        assert http_get_as(stack.http_port, "localhost", "/health")[0] in {301, 308}
+        assert stack.get("/metrics").status == 404
+        [look] = [line for line in readme_block(readme, "Metrics") if "/metrics" in line]
+        metrics = subprocess.run(
+            ["bash", "-ec", look],
+            cwd=stack.project,
+            env={**os.environ, "COMPOSE_PROJECT_NAME": stack.name},
+            capture_output=True,
+            text=True,
+        )
+        assert "http_requests_total" in metrics.stdout, metrics
+        for restart in (("restart", "proxy"), ("down", "-v")):
+            stack.compose(*restart)
+            stack.compose("up", "--wait")
+            again = wait_for_https(stack, "/health", 60)
+            assert again.cert.fingerprint(SHA256()) == first.cert.fingerprint(SHA256()), restart
+        result = subprocess.run(
+            shlex.split(as_printed), cwd=stack.project, capture_output=True, text=True
+        )
+        assert result.returncode == 0 and '"ok"' in result.stdout, result
     finally:
         stack.compose("down", "-v", "--remove-orphans", check=False)
         docker("rmi", "-f", f"{stack.slug}:latest", check=False)

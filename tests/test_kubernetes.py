@@ -34,6 +34,7 @@ from tests.project import free_port, http_get, render, render_with_secrets
 
 REPO = Path(__file__).resolve().parent.parent
 KUBERNETES_VERSION = "1.32.0"
+METRICS_PORT = 9100  # includes/server.jinja's metrics_port
 OVERLAYS = ("dev", "prod")
 # The covering array's projects with this target (tests/covering.py).
 COMBINATIONS = [
@@ -336,21 +337,50 @@ def test_only_the_ingress_controller_reaches_the_app(
     answers: Answers, rendered: dict[str, Rendered]
 ) -> None:
     """The pods trust the forwarded headers of whoever reaches their port: the NetworkPolicy
-    admits the controller's namespace only (and Prometheus' with metrics), an overlay setting."""
+    admits the controller's namespace only to it (and Prometheus' only to the metrics port),
+    overlay settings."""
     item = rendered[combination_id(answers)]
     ingress_class = answers.get(
         "ingress_class", "traefik" if answers["reverse_proxy"] == "traefik" else "nginx"
     )
-    expected = ["ingress-nginx" if ingress_class == "nginx" else ingress_class]
+    expected = [([8000], "ingress-nginx" if ingress_class == "nginx" else ingress_class)]
     if answers["metrics"] == "prometheus":
-        expected.append("monitoring")
+        expected.append(([METRICS_PORT], "monitoring"))
     for overlay in OVERLAYS:
-        (rule,) = item.get(overlay, "NetworkPolicy")["spec"]["ingress"]
-        assert rule["ports"] == [{"port": 8000}]
-        sources = [source["namespaceSelector"]["matchLabels"] for source in rule["from"]]
-        assert sources == [{"kubernetes.io/metadata.name": name} for name in expected]
+        rules = item.get(overlay, "NetworkPolicy")["spec"]["ingress"]
+        assert [
+            (
+                [port["port"] for port in rule["ports"]],
+                *(source["namespaceSelector"]["matchLabels"] for source in rule["from"]),
+            )
+            for rule in rules
+        ] == [(ports, {"kubernetes.io/metadata.name": name}) for ports, name in expected]
         kustomization = item.project / "deploy/kubernetes/overlays" / overlay / "kustomization.yaml"
-        assert "path: /spec/ingress/0/from" in kustomization.read_text(), "an overlay setting"
+        for index in range(len(expected)):
+            assert f"path: /spec/ingress/{index}/from" in kustomization.read_text()
+
+
+@pytest.mark.parametrize(
+    "answers", [a for a in COMBINATIONS if a["metrics"] == "prometheus"], ids=combination_id
+)
+def test_metrics_have_a_port_the_public_does_not_reach(
+    answers: Answers, rendered: dict[str, Rendered]
+) -> None:
+    """The ingress sends every path to the Service's port, the app's: /metrics has a port of
+    its own, which the annotations point Prometheus at and no Service exposes."""
+    item = rendered[combination_id(answers)]
+    for overlay in OVERLAYS:
+        template = item.get(overlay, "Deployment")["spec"]["template"]
+        (app,) = template["spec"]["containers"]
+        ports = {port["name"]: port["containerPort"] for port in app["ports"]}
+        assert ports == {"http": 8000, "metrics": METRICS_PORT}
+        settings = item.get(overlay, "ConfigMap", "app-settings")["data"]
+        assert settings["METRICS_PORT"] == str(METRICS_PORT)
+        annotations = template["metadata"]["annotations"]
+        assert annotations["prometheus.io/port"] == str(METRICS_PORT)
+        assert annotations["prometheus.io/path"] == "/metrics"
+        service_ports = item.get(overlay, "Service")["spec"]["ports"]
+        assert [port["targetPort"] for port in service_ports] == ["http"]
 
 
 def test_nothing_is_emitted_for_a_target_not_chosen(template: Path, tmp_path: Path) -> None:
@@ -476,7 +506,9 @@ class Pod:
         self.tmp_path = tmp_path
         self.network = unique_name("tt-k8s-net")
         self.containers: list[str] = []
-        self.port = free_port()
+        # A loopback port for each port the app container declares, by its name.
+        self.ports = {port["name"]: free_port() for port in self.spec["containers"][0]["ports"]}
+        self.port = self.ports["http"]
 
     def _secret_files(self, directory: Path) -> Path | None:
         """The Secret volume: one file per key, mode as declared, group fsGroup."""
@@ -545,8 +577,11 @@ class Pod:
         name = unique_name("tt-k8s-app")
         self.containers.append(name)
         args = docker_run_args(self.spec, app, self.settings, self.secrets)
-        port = app["ports"][0]["containerPort"]
-        publish = ["-p", f"127.0.0.1:{self.port}:{port}"]
+        publish = [
+            arg
+            for port in app["ports"]
+            for arg in ("-p", f"127.0.0.1:{self.ports[port['name']]}:{port['containerPort']}")
+        ]
         run = ["run", "-d", "--name", name, "--network", self.network, *publish, *args]
         docker(*run, app["image"], *container_argv(app))
         return name
@@ -665,7 +700,8 @@ def test_pod_of_each_chosen_project_serves_health_and_metrics(
             if answers["metrics"] == "prometheus":
                 for _ in range(3):
                     http_get(base + "/health")
-                status, body = http_get(base + "/metrics")
+                assert http_get(base + "/metrics")[0] == 404, "the public port"
+                status, body = http_get(f"http://127.0.0.1:{pod.ports['metrics']}/metrics")
                 assert status == 200
                 assert b'http_requests_total{method="GET",route="/health",status="200"}' in body
     finally:

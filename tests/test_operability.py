@@ -75,9 +75,9 @@ STACKS: dict[str, Answers] = {
         "metrics": "none",
     },
 }
-# The proxy stacks serve HTTPS for the default domain, localhost: Traefik with its self-signed
-# certificate, nginx with one the tests make. TLS itself is proven in test_https; here the
-# client only needs to get through.
+# The proxy stacks serve HTTPS for the default domain, localhost: Traefik with the self-signed
+# certificate the copy writes, nginx with one the tests make. TLS itself is proven in
+# test_https; here the client only needs to get through.
 TLS_PROXIES = {"traefik", "nginx"}
 UNVERIFIED = ssl._create_unverified_context()
 ALLOWED_ORIGIN = "https://app.example.com"

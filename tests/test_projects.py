@@ -7,6 +7,7 @@ ruff, mypy strict) and answer `/health` over HTTP as a real Uvicorn server.
 """
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 
 import pytest
 import yaml
+from markdown_it import MarkdownIt
 
 from tests import docker
 from tests.combinations import COVERING_SET, Answers, combination_id
@@ -230,9 +232,12 @@ def test_pre_commit_passes_offline_and_refuses_conflict_markers(
     assert "conflicted.md: conflict" in result.stdout
 
 
-def test_readme_run_locally_and_check_commands_work_as_written(project: Installed) -> None:
+def test_readme_run_locally_and_check_commands_work_as_written(
+    project: Installed, tmp_path: Path
+) -> None:
     """The README's "Run locally" block, run as one shell script (the dev server last, given a
-    free port), then its "Test and check" block in the same environment."""
+    free port; its log lines readable), with the "The API" examples against that server, then
+    its "Test and check" block in the same environment."""
     readme = (project.path / "README.md").read_text()
     # The test's own PostgreSQL server stands in for compose's, as the README allows.
     local = [line for line in readme_block(readme, "Run locally") if "docker compose" not in line]
@@ -246,8 +251,153 @@ def test_readme_run_locally_and_check_commands_work_as_written(project: Installe
         "PYENV_VERSION": ":".join(sorted(versions, key=lambda v: not v.startswith(python))),
     }
     port = free_port()
-    script = "\n".join([*local[:-1], f"exec {local[-1]} --port {port}"])
+    log = tmp_path / "dev-server.log"
+    script = "\n".join([*local[:-1], f"exec {local[-1]} --port {port} > {log} 2>&1"])
     with serve(["bash", "-ec", script], project.path, **env) as server:
         assert wait_for_http(f"http://127.0.0.1:{port}/health", timeout=600, process=server) == 200
+        # The README's API examples, against this server.
+        examples = [line.replace(":8000/", f":{port}/") for line in readme_block(readme, "The API")]
+        answers = run(["bash", "-ec", "\n".join(examples)], project.path, **env).stdout
+        assert (
+            '"name":"tea"' if project.answers["database"] != "none" else "Hello, Ada!"
+        ) in answers
+    # Readable lines, as the README's logs section shows them (the dev server has LOG_FORMAT=text).
+    access = r"\d\d:\d\d:\d\d\.\d{3} INFO    [a-z0-9_]+\.access: GET /health 200  method=GET "
+    lines = log.read_text()
+    assert re.search(access, lines), lines[-3000:]
     activate = [line for line in local if "activate" in line]
     run(["bash", "-ec", "\n".join([*activate, *checks])], project.path, **env)
+
+
+def readme_section(readme: str, title: str) -> str:
+    """The text of a `## ` section of a README, up to the next one."""
+    text = readme[readme.index(f"\n## {title}\n") :]
+    end = text.find("\n## ", 1)
+    return text if end < 0 else text[:end]
+
+
+def fenced_blocks(markdown: str, language: str) -> list[str]:
+    """The contents of the fenced code blocks in this language, in order."""
+    tokens = MarkdownIt("commonmark").parse(markdown)
+    return [token.content for token in tokens if token.type == "fence" and token.info == language]
+
+
+# The app's routes as its OpenAPI schema lists them, then the status of a GET of each path given
+# (those outside the schema: the documentation pages, /metrics).
+ROUTES = """
+import sys
+from fastapi.testclient import TestClient
+from {module} import app
+for path, operations in app.openapi()["paths"].items():
+    for method in operations:
+        print("route", method.upper(), path)
+client = TestClient(app, raise_server_exceptions=False)
+for path in sys.argv[1:]:
+    print("status", client.get(path).status_code, path)
+"""
+
+
+KINDS = ("route ", "status ")
+
+
+def test_readme_api_table_is_what_the_app_answers(project: Installed) -> None:
+    """Each route of the app's schema is a row of the README's endpoint table, and each row is
+    a route of the schema or a page the app serves (the documentation, /metrics)."""
+    readme = (project.path / "README.md").read_text()
+    rows = [
+        line.split("|")[1:3]
+        for line in readme_section(readme, "The API").splitlines()
+        if line.startswith("| `")
+    ]
+    documented = {
+        (method.strip(" `"), path.strip(" `"))
+        for method, paths in rows
+        for path in paths.split(",")
+    }
+    module = "app.main" if project.answers["layout"] == "package" else "main"
+    python = str(project.bin / "python")
+    pages = sorted(path for method, path in documented if "{" not in path)
+    listed = run([python, "-c", ROUTES.format(module=module), *pages], project.path, **project.env)
+    # (Log lines of the app's start go to stdout too.)
+    lines = [line.split() for line in listed.stdout.splitlines() if line.startswith(KINDS)]
+    api = {(method, path) for kind, method, path in lines if kind == "route"}
+    served = {path for kind, status, path in lines if kind == "status" and status == "200"}
+    assert api <= documented, f"routes the README's table leaves out: {api - documented}"
+    missing = {row for row in documented - api if row[1] not in served}
+    assert not missing, f"rows the app does not answer: {missing}"
+
+
+def test_readme_extend_the_api_steps_work_as_written(project: Installed) -> None:
+    """The "Extend the API" steps, followed literally: the router or endpoint and its test, the
+    model and (with migrations) the README's commands that generate and apply its migration;
+    then the project's own checks pass and the new endpoint answers. The project is put back
+    as it was afterwards (the migration rolled back, the files restored)."""
+    readme = (project.path / "README.md").read_text()
+    section = readme_section(readme, "Extend the API")
+    python = fenced_blocks(section, "python")
+    commands = fenced_blocks(section, "sh")
+    package = project.answers["layout"] == "package"
+    main = project.path / ("app/main.py" if package else "main.py")
+    has_db = project.answers["database"] != "none"
+    migrated = has_db and project.answers.get("migrations", True)
+    try:
+        if package:
+            router, include, test, *model = python
+            assert "`app/routes/clock.py`" in section
+            (project.path / "app/routes/clock.py").write_text(router)
+            code = main.read_text().replace(
+                "from app.routes import ", "from app.routes import clock, "
+            )
+            last = code.rindex("    app.include_router(")
+            end = code.index("\n", last) + 1
+            main.write_text(code[:end] + include + code[end:])
+        else:
+            endpoint, test, *model = python
+            code = main.read_text()
+            at = code.index("def create_app(")
+            main.write_text(code[:at] + endpoint + "\n\n" + code[at:])
+        assert "`tests/test_clock.py`" in section
+        (project.path / "tests/test_clock.py").write_text(test)
+        assert bool(model) == has_db
+        if model:
+            models = project.path / "app/models.py" if package else main
+            code = models.read_text()
+            # Beside Item, as the README says: before its API schemas.
+            at = code.index("class ItemCreate(")
+            models.write_text(code[:at] + model[0] + "\n\n" + code[at:])
+        assert bool(commands) == migrated
+        for command in commands[0].splitlines() if commands else []:
+            run(["bash", "-ec", command], project.path, **project.env)
+        if migrated:
+            revision = next((project.path / "migrations/versions").glob("*_add_notes.py"))
+            assert re.search(r'create_table\(\s*"notes"', revision.read_text())
+        # The README's checks; of the tests, the new one and (with a database) those that hold
+        # the models and the migrations together, the rest being untouched.
+        tests = ["tests/test_clock.py", *(["tests/test_migrations.py"] if migrated else [])]
+        checks = [
+            f"{line} {' '.join(tests)}" if line.endswith("pytest") else line
+            for line in readme_block(readme, "Test and check")
+        ]
+        assert any(line.endswith(tuple(tests)) for line in checks), checks
+        activate = (
+            [f". {project.bin}/activate"] if project.answers["dependency_tool"] == "pip" else []
+        )
+        run(["bash", "-ec", "\n".join([*activate, *checks])], project.path, **project.env)
+    finally:
+        if migrated:
+            alembic = str(project.bin / "alembic")
+            subprocess.run(
+                [alembic, "downgrade", "-1"], cwd=project.path, env=tool_env(**project.env)
+            )
+        git(project.path, "checkout", "--", ".")
+        git(
+            project.path,
+            "clean",
+            "--force",
+            "--quiet",
+            "--",
+            "app",
+            "tests",
+            "migrations",
+            "main.py",
+        )

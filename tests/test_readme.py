@@ -15,7 +15,7 @@ from markdown_it import MarkdownIt
 from markdown_it.token import Token
 
 from tests.combinations import COVERING_SET, Answers, combination_id
-from tests.project import render
+from tests.project import render, tool_env
 
 pytestmark = pytest.mark.xdist_group("readme")
 
@@ -139,3 +139,57 @@ def test_template_readme_example_for_several_deployment_targets_works(
     answers = yaml.safe_load((dest / ".copier-answers.yml").read_text())
     assert answers["deploy_targets"] == ["kubernetes", "swarm"]
     assert (dest / "deploy/kubernetes").is_dir() and (dest / "deploy/swarm").is_dir()
+
+
+def file_tree(root: Path, skip: frozenset[str] = frozenset({".git"})) -> list[str]:
+    """The files under root as `tree` draws them, directories with a trailing slash, in
+    name order."""
+    lines = [f"{root.name}/"]
+
+    def walk(directory: Path, prefix: str) -> None:
+        entries = sorted(p for p in directory.iterdir() if p.name not in skip)
+        for index, entry in enumerate(entries):
+            last = index == len(entries) - 1
+            name = f"{entry.name}/" if entry.is_dir() else entry.name
+            lines.append(f"{prefix}{'└── ' if last else '├── '}{name}")
+            if entry.is_dir():
+                walk(entry, prefix + ("    " if last else "│   "))
+
+    walk(root, "")
+    return lines
+
+
+def example_project_section() -> str:
+    readme = (REPO / "README.md").read_text()
+    return readme[readme.index("\n### What you get\n") :].split("\n## ", 1)[0]
+
+
+def test_template_readme_example_tree_is_what_its_command_makes(
+    template: Path, tmp_path: Path
+) -> None:
+    """The README's example project: its copier command, run as printed (with the template's
+    path and --defaults for the questions it leaves to the prompt), makes exactly the tree the
+    README draws (comments after `#` aside)."""
+    section = example_project_section()
+    [command] = [line for line in fenced(section, "sh") if line.startswith("copier copy")]
+    [tree] = fenced(section, "text")
+    drawn = [line.split("  #")[0].rstrip() for line in tree.splitlines()]
+    argv = shlex.split(command.replace("<path-or-git-url-of-this-template>", str(template)))
+    subprocess.run(
+        [sys.executable, "-m", *argv[:2], "--defaults", *argv[2:]],
+        cwd=tmp_path,
+        env=tool_env(),
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    assert file_tree(tmp_path / argv[-1]) == drawn
+
+
+def fenced(markdown: str, language: str) -> list[str]:
+    """The contents of the fenced code blocks in this language (each line of sh blocks)."""
+    tokens = MarkdownIt("commonmark").parse(markdown)
+    blocks = [token.content for token in tokens if token.type == "fence" and token.info == language]
+    if language == "sh":
+        return [line for block in blocks for line in block.splitlines()]
+    return blocks

@@ -36,13 +36,18 @@ GITHUB_EXPRESSION = re.compile(
 )
 
 
+# A fenced code block of a Markdown file, from its opening fence to its closing one.
+FENCED_CODE = re.compile(r"^```[^\n]*\n.*?^```", re.MULTILINE | re.DOTALL)
+
+
 def _render_one(job: tuple[Path, Path, Answers]) -> None:
     """Render, then write what the copy's tasks write but the lock: `.env`, the secret files,
-    nginx's certificate (for a public domain too: the files it would be given)."""
+    the certificate of a proxy that serves files from TLS_DIR (nginx for a public domain too:
+    the files it would be given)."""
     project = render_with_secrets(*job)
     hooks = REPO / "hooks"
     subprocess.run([sys.executable, str(hooks / "write_env.py")], cwd=project, check=True)
-    if job[2].get("reverse_proxy") == "nginx":
+    if "TLS_DIR=" in (project / ".env").read_text():
         certificate = [sys.executable, str(hooks / "write_certificate.py")]
         subprocess.run(certificate, cwd=project, check=True, capture_output=True)
 
@@ -138,8 +143,10 @@ def test_combination_renders_clean(
         if LEFTOVER.search(own_syntax.sub("", text)):
             problems.append(f"{name}: Jinja leftover")
         blank_run = "\n\n\n\n" if path.suffix in {".py", ".mako"} else "\n\n\n"
+        # A Markdown file's code blocks are code: Python there keeps its two blank lines.
+        prose = FENCED_CODE.sub("```\n```", text) if path.suffix == ".md" else text
         if (
-            blank_run in text
+            blank_run in prose
             or text.startswith("\n")
             or text.endswith("\n\n")
             or not text.endswith("\n")

@@ -1,7 +1,7 @@
 """The Docker Swarm target, deployed for real on this engine.
 
 A PostgreSQL project with nginx in front (HTTPS, with a certificate of the test CA) is
-deployed as a stack with three replicas: the migration runs once (the `migrate` service), the
+deployed as a stack with three replicas: the migration runs once (the `migrate` job), the
 replicas wait for it, the secret reaches them as a file and is in no container's `docker
 inspect`. A new image rolls out one replica at a time, start-first, while a client keeps
 sending requests through the proxy: none fails. An image whose health check fails rolls back by
@@ -73,6 +73,9 @@ def test_three_replicas_answer_through_the_proxy_after_one_migration(deployed: S
     assert UPGRADE_LINE not in deployed.logs("app"), "the replicas do not migrate"
     tasks = docker("service", "ps", "--format", "{{.CurrentState}}", deployed.service("migrate"))
     assert tasks.stdout.strip().startswith("Complete"), tasks.stdout
+    migrate = deployed.service("migrate")
+    mode = docker("service", "inspect", "--format", "{{json .Spec.Mode}}", migrate)
+    assert "ReplicatedJob" in mode.stdout, "a Swarm job: it runs to its end and stays complete"
 
 
 def test_secret_is_a_file_of_the_app_user_and_in_no_inspect(deployed: Stack) -> None:
@@ -180,19 +183,26 @@ def current_image(stack: Stack) -> str:
 def test_traefik_and_caddy_serve_https_in_front_of_the_replicas(
     proxy: str, deployed: Stack, template: Path, tmp_path: Path
 ) -> None:
-    """The other proxies' stack form, for localhost: HTTPS with their own certificate, HTTP
-    redirected, the replicas reached over the edge network. The app's image is the one above
-    (the proxy answer does not change it)."""
+    """The other proxies' stack form, for localhost: HTTPS (Traefik with the certificate the
+    copy writes, verified; Caddy with its local CA's), HTTP redirected, the replicas reached
+    over the edge network. The app's image is the one above (the proxy answer does not change
+    it)."""
     slug = unique_name(f"tt-swarm-{proxy}")
     answers = {**ANSWERS, "reverse_proxy": proxy, "project_slug": slug}
     del answers["domain"]
     project = render(template, tmp_path / "project", answers)
     write_secrets = [sys.executable, str(REPO / "hooks" / "write_secrets.py"), "postgres_password"]
     subprocess.run(write_secrets, cwd=project, check=True, capture_output=True)
+    tls_dir = None
+    if proxy == "traefik":
+        write_certificate = [sys.executable, str(REPO / "hooks" / "write_certificate.py")]
+        subprocess.run(write_certificate, cwd=project, check=True, capture_output=True)
+        tls_dir = project / "certs"
     node = docker("info", "--format", "{{.Swarm.NodeID}}").stdout.strip()
     for label in (f"{slug}.db=true", f"{slug}.proxy=true"):
         docker("node", "update", "--label-add", label, node)
-    stack = Stack(project, slug.replace("-", ""))
+    trust = (tls_dir / "fullchain.pem").read_bytes() if tls_dir else None
+    stack = Stack(project, slug.replace("-", ""), ca_pem=trust, tls_dir=tls_dir)
     image = current_image(deployed)
     try:
         stack.deploy(image)
