@@ -1,61 +1,264 @@
-"""Print how fast a generated project starts and serves its CRUD endpoint, per database.
+"""Print the generated data path's speed per database, next to SQLAlchemy's and the driver's.
 
-    uv run python -m benchmarks.database
+    uv run python -m benchmarks.database [--seconds 5] [--rounds 3] [--connections 16] [--base REV]
 
-Renders a SQLite and a PostgreSQL project (migrations in the entrypoint, as for one server),
-installs them with uv, starts Debian's PostgreSQL on a free loopback port, then measures:
+Renders a SQLite and a PostgreSQL project (package layout, migrations, uv), installs them,
+starts Debian's PostgreSQL on a free loopback port (tests/postgres.py, as the tests' `postgres`
+fixture), then prints, in one run:
 
 - start to first 200 on /ready: Uvicorn alone (schema already there), and through prestart
   (wait for the database and `alembic upgrade head`) on a current and on a fresh database;
-- requests/s of POST /items and GET /items/{id} served by one Uvicorn process, under a bounded
-  load: a fixed number of requests over a few keep-alive connections, with a time cap.
+- per database, requests/s and p99 of the generated app's `GET /items/{id}` and `POST /items`
+  and `/health`, next to the same read and create written as a bare async SQLAlchemy ORM
+  endpoint (its own engine with SQLAlchemy's defaults, a session per request, a dict back) and
+  the same read with the raw driver (sqlite3 and aiosqlite; asyncpg's pool). All are routes of
+  one Uvicorn process (the image's command line, one process): the benchmark's endpoints are
+  added to the generated app, so they pass through the same middleware. Uvicorn runs pinned on
+  CPU 0 and `wrk` on CPU 1, against 127.0.0.1, for --seconds per run; each round runs every
+  endpoint once in turn, and the median of --rounds rounds is printed, with the server
+  process's CPU time per request (all its threads, aiosqlite's too), steadier than requests/s
+  on a busy machine. With --base REV the template at REV is rendered too, and its read and
+  create are measured in the same rounds (a second process on the same core);
+- the round trips each read costs on PostgreSQL: the same endpoints served through a relay that
+  counts the client's round trips on the wire (tests/pgwire.py), with the SQL each carried.
 
-The client runs on the same machine as the server (and shares its cores): figures compare the
-databases and the start paths with each other, not with other machines. Only 127.0.0.1 is used.
+Targets: the generated read >= 0.9x the bare SQLAlchemy read on both databases, and >= 0.25x the
+app's own /health on SQLite; one round trip per read on PostgreSQL. The client shares the
+machine with the server: the figures compare endpoints of the same run, not machines.
 """
 
+import argparse
 import contextlib
 import functools
-import http.client
 import json
+import os
+import re
 import statistics
 import subprocess
 import tempfile
-import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+from tests.pgwire import RoundTrips
 from tests.postgres import PostgresServer, start_server
 from tests.project import free_port, http_get, install, render, snapshot, tool_env
 
 REPO = Path(__file__).resolve().parent.parent
 DATABASES = ("sqlite", "postgresql")
 STARTS = 3  # runs per start figure; the median is printed
-REQUESTS = 2000  # per load run
-CONNECTIONS = 4
-TIME_CAP = 20.0  # seconds per load run
+SERVER_CPU, CLIENT_CPU = "0", "1"
+SEEDED = 100  # items created before the load; reads cycle over none, they all ask for one id
+COUNTED_READS = 50
+MODULE = "benchmark_routes:app"  # the generated app with the reference endpoints
+READ_TARGET = 0.9  # x the bare SQLAlchemy read
+HEALTH_TARGET = 0.25  # x /health, on SQLite
+
+# Added to the generated app of the benchmark's copy only (never to the template): the same
+# read and create written the way SQLAlchemy's and the drivers' documentation shows them.
+ROUTES = '''
+"""The benchmark's reference endpoints, added to the generated app."""
+
+import asyncio
+
+from fastapi import APIRouter, HTTPException
+from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
+
+from app.config import get_settings
+from app.main import app
+from app.models import Item, ItemCreate
+
+settings = get_settings()
+engine = create_async_engine(settings.database_url)
+Session = async_sessionmaker(engine, expire_on_commit=False)
+router = APIRouter(prefix="/bench")
+opening = asyncio.Lock()
+opened = {}
+
+
+@router.get("/sqlalchemy/items/{item_id}")
+async def sqlalchemy_read(item_id: int):
+    async with Session() as session:
+        item = await session.get(Item, item_id)
+    if item is None:
+        raise HTTPException(404)
+    return {"id": item.id, "name": item.name, "description": item.description}
+
+
+@router.post("/sqlalchemy/items", status_code=201)
+async def sqlalchemy_create(body: ItemCreate):
+    async with Session() as session:
+        item = Item(**body.model_dump())
+        session.add(item)
+        await session.commit()
+    return {"id": item.id, "name": item.name, "description": item.description}
+
+
+async def once(name, open_it):
+    async with opening:
+        if name not in opened:
+            opened[name] = await open_it()
+    return opened[name]
+'''
+
+SQLITE_ROUTES = """
+import sqlite3
+
+import aiosqlite
+
+PATH = settings.database_url.database
+SQL = "SELECT id, name, description FROM items WHERE id = ?"
+blocking = sqlite3.connect(PATH, check_same_thread=False)
+
+
+@router.get("/sqlite3/items/{item_id}")
+async def sqlite3_read(item_id: int):
+    row = blocking.execute(SQL, (item_id,)).fetchone()
+    if row is None:
+        raise HTTPException(404)
+    return {"id": row[0], "name": row[1], "description": row[2]}
+
+
+@router.get("/aiosqlite/items/{item_id}")
+async def aiosqlite_read(item_id: int):
+    connection = await once("aiosqlite", lambda: aiosqlite.connect(PATH))
+    async with connection.execute(SQL, (item_id,)) as cursor:
+        row = await cursor.fetchone()
+    if row is None:
+        raise HTTPException(404)
+    return {"id": row[0], "name": row[1], "description": row[2]}
+
+
+app.include_router(router)
+"""
+
+POSTGRES_ROUTES = """
+import asyncpg
+
+SQL = "SELECT id, name, description FROM items WHERE id = $1"
+
+
+def pool():
+    return asyncpg.create_pool(
+        host=settings.postgres_host,
+        port=settings.postgres_port,
+        user=settings.postgres_user,
+        password=settings.postgres_password.get_secret_value(),
+        database=settings.postgres_db,
+        min_size=1,
+    )
+
+
+@router.get("/asyncpg/items/{item_id}")
+async def asyncpg_read(item_id: int):
+    row = await (await once("asyncpg", pool)).fetchrow(SQL, item_id)
+    if row is None:
+        raise HTTPException(404)
+    return {"id": row[0], "name": row[1], "description": row[2]}
+
+
+app.include_router(router)
+"""
+
+POST_SCRIPT = """wrk.method = "POST"
+wrk.body = '{"name": "benchmark item", "description": "created under load"}'
+wrk.headers["Content-Type"] = "application/json"
+"""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    label: str
+    path: str
+    post: bool = False
+
+
+HEALTH = Endpoint("GET /health", "/health")
+READ = Endpoint("GET /items/{id}", "/items/1")
+BARE_READ = Endpoint("bare SQLAlchemy read", "/bench/sqlalchemy/items/1")
+CREATE = Endpoint("POST /items", "/items", post=True)
+BARE_CREATE = Endpoint("bare SQLAlchemy create", "/bench/sqlalchemy/items", post=True)
+DRIVERS = {
+    "sqlite": [
+        Endpoint("sqlite3 read", "/bench/sqlite3/items/1"),
+        Endpoint("aiosqlite read", "/bench/aiosqlite/items/1"),
+    ],
+    "postgresql": [Endpoint("asyncpg read", "/bench/asyncpg/items/1")],
+}
+
+
+@dataclass
+class Load:
+    rps: float
+    p99_ms: float
+    cpu_us: float  # the server process's CPU time per request (all its threads)
+    errors: int
+
+
+@dataclass(frozen=True)
+class Server:
+    url: str
+    pid: int
+
+
+@dataclass(frozen=True)
+class Target:
+    """An endpoint of a server, and the name its row gets."""
+
+    label: str
+    server: Server
+    endpoint: Endpoint
 
 
 def project(template: Path, dest: Path, database: str) -> Path:
-    answers = {"database": database, "migrations": True, "process_model": "workers"}
+    answers = {
+        "database": database,
+        "migrations": True,
+        "process_model": "workers",
+        "layout": "package",
+    }
     render(template, dest, answers, tasks=True)
     (dest / ".env").unlink()
     install(dest, {"dependency_tool": "uv", "python_version": "3.13"})
+    extra = SQLITE_ROUTES if database == "sqlite" else POSTGRES_ROUTES
+    (dest / "benchmark_routes.py").write_text(ROUTES + extra)
     return dest
 
 
+def image_command(root: Path, module: str, port: int) -> list[str]:
+    """The image's CMD (its Uvicorn options: log config, no Uvicorn access log ...), on
+    127.0.0.1:port, serving `module`."""
+    found = re.search(r"^CMD (\[.*\])$", (root / "Dockerfile").read_text(), re.MULTILINE)
+    assert found, "no CMD in the generated Dockerfile"
+    command: list[str] = json.loads(found.group(1))
+    command[command.index("--host") + 1] = "127.0.0.1"
+    command[command.index("--port") + 1] = str(port)
+    command[1] = module
+    return [str(root / ".venv" / "bin" / command[0]), *command[1:]]
+
+
 @contextlib.contextmanager
-def server(root: Path, env: dict[str, str], prestart: bool) -> Iterator[str]:
-    """One Uvicorn process (through prestart or not); its base URL while it runs."""
+def server(
+    root: Path, env: dict[str, str], *, prestart: bool = False, module: str = "app.main:app"
+) -> Iterator[Server]:
+    """One Uvicorn process (through prestart or not) while it runs."""
     port = free_port()
-    uvicorn = [".venv/bin/uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port)]
-    command = [".venv/bin/python", "prestart.py", *uvicorn] if prestart else uvicorn
+    command = image_command(root, module, port)
+    if prestart:
+        command = [".venv/bin/python", "prestart.py", *command]
+    else:  # pinned for the load (taskset execs Uvicorn); prestart's runs measure starts
+        command = ["taskset", "-c", SERVER_CPU, *command]
     process = subprocess.Popen(
-        command, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        command,
+        cwd=root,
+        env={**env, "WEB_CONCURRENCY": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield Server(f"http://127.0.0.1:{port}", process.pid)
     finally:
         process.terminate()
         process.wait(timeout=30)
@@ -77,74 +280,86 @@ def first_200(root: Path, env: Callable[[], dict[str, str]], prestart: bool) -> 
     for _ in range(STARTS):
         run_env = env()
         started = time.monotonic()
-        with server(root, run_env, prestart) as url:
-            wait_ready(url)
+        with server(root, run_env, prestart=prestart) as running:
+            wait_ready(running.url)
             times.append(time.monotonic() - started)
     return f"{statistics.median(times):.2f} s"
 
 
-def load(url: str, request: Callable[[http.client.HTTPConnection, int], None]) -> dict[str, float]:
-    """REQUESTS requests over CONNECTIONS keep-alive connections, stopped at TIME_CAP."""
-    host, port = url.removeprefix("http://").split(":")
-    latencies: list[float] = []
-    errors = 0
-    counter = iter(range(REQUESTS))
-    lock = threading.Lock()
-    deadline = time.monotonic() + TIME_CAP
+def to_ms(value: str) -> float:
+    number, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", value).groups()  # type: ignore[union-attr]
+    return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
-    def worker() -> None:
-        nonlocal errors
-        connection = http.client.HTTPConnection(host, int(port), timeout=10)
-        while time.monotonic() < deadline:
-            with lock:
-                number = next(counter, None)
-            if number is None:
-                break
-            began = time.perf_counter()
-            try:
-                request(connection, number)
-            except (OSError, http.client.HTTPException, AssertionError):
-                connection.close()
-                with lock:
-                    errors += 1
-                continue
-            with lock:
-                latencies.append(time.perf_counter() - began)
-        connection.close()
 
-    started = time.monotonic()
-    threads = [threading.Thread(target=worker) for _ in range(CONNECTIONS)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    elapsed = time.monotonic() - started
-    latencies.sort()
+def cpu_seconds(pid: int) -> float:
+    """User and system time of a process, its threads included."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wrk(target: Target, seconds: int, connections: int, script: Path) -> Load:
+    command = ["taskset", "-c", CLIENT_CPU, "wrk", "-t1", f"-c{connections}", f"-d{seconds}s"]
+    if target.endpoint.post:
+        command += ["-s", str(script)]
+    command += ["--latency", target.server.url + target.endpoint.path]
+    before = cpu_seconds(target.server.pid)
+    output = subprocess.run(
+        command, capture_output=True, text=True, check=True, timeout=seconds + 30
+    ).stdout
+    cpu = cpu_seconds(target.server.pid) - before
+    requests = int(re.search(r"(\d+) requests in", output).group(1))  # type: ignore[union-attr]
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
+    p99 = to_ms(re.search(r"^\s+99%\s+(\S+)", output, re.MULTILINE).group(1))  # type: ignore[union-attr]
+    errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", output))
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    errors += int(non_2xx.group(1)) if non_2xx else 0
+    return Load(rps, p99, cpu / max(requests, 1) * 1e6, errors)
+
+
+def loads(
+    targets: list[Target], seconds: int, connections: int, rounds: int, script: Path
+) -> dict[str, Load]:
+    """A warm-up second per target, then `rounds` rounds of every target in turn; medians."""
+    for target in targets:
+        wrk(target, 1, connections, script)
+    runs: dict[str, list[Load]] = {target.label: [] for target in targets}
+    for _ in range(rounds):
+        for target in targets:
+            runs[target.label].append(wrk(target, seconds, connections, script))
     return {
-        "rps": len(latencies) / elapsed,
-        "p50": latencies[len(latencies) // 2] * 1000 if latencies else float("nan"),
-        "p99": latencies[int(len(latencies) * 0.99)] * 1000 if latencies else float("nan"),
-        "done": len(latencies),
-        "errors": errors,
+        label: Load(
+            statistics.median(load.rps for load in measured),
+            statistics.median(load.p99_ms for load in measured),
+            statistics.median(load.cpu_us for load in measured),
+            sum(load.errors for load in measured),
+        )
+        for label, measured in runs.items()
     }
 
 
-def create(connection: http.client.HTTPConnection, number: int) -> None:
-    body = json.dumps({"name": f"item {number}", "description": "benchmark"})
-    connection.request("POST", "/items", body, {"Content-Type": "application/json"})
-    response = connection.getresponse()
-    response.read()
-    assert response.status == 201
+def round_trips(
+    root: Path, env: dict[str, str], endpoints: list[Endpoint], module: str
+) -> dict[str, list[str]]:
+    """Per endpoint, the round trips of COUNTED_READS reads one after another (after a warm-up
+    that opens the connection and prepares the statements), through the counting relay."""
+    relay = RoundTrips(env["POSTGRES_HOST"], int(env["POSTGRES_PORT"]))
+    counted: dict[str, list[str]] = {}
+    with (
+        relay.running(),
+        server(root, {**env, "POSTGRES_PORT": str(relay.port)}, module=module) as running,
+    ):
+        wait_ready(running.url)
+        for endpoint in endpoints:
+            for _ in range(5):
+                http_get(running.url + endpoint.path)
+            relay.reset()
+            for _ in range(COUNTED_READS):
+                assert http_get(running.url + endpoint.path)[0] == 200
+            counted[endpoint.label] = relay.trips
+    return counted
 
 
-def read(connection: http.client.HTTPConnection, number: int) -> None:
-    connection.request("GET", f"/items/{number % 100 + 1}")
-    response = connection.getresponse()
-    response.read()
-    assert response.status == 200
-
-
-def settings(database: str, workdir: Path, pg: PostgresServer | None) -> dict[str, str]:
+def settings(database: str, workdir: Path, pg: PostgresServer) -> dict[str, str]:
     """The environment of a run on a fresh database."""
     env = {
         key: value
@@ -153,50 +368,110 @@ def settings(database: str, workdir: Path, pg: PostgresServer | None) -> dict[st
     }
     if database == "sqlite":
         return {**env, "DATA_DIR": tempfile.mkdtemp(dir=workdir)}
-    assert pg is not None
     return {**env, **pg.create_database()}
 
 
 def migrate(root: Path, env: dict[str, str]) -> None:
     subprocess.run(
-        [".venv/bin/alembic", "upgrade", "head"],
-        cwd=root,
-        env=env,
-        check=True,
-        capture_output=True,
+        [".venv/bin/alembic", "upgrade", "head"], cwd=root, env=env, check=True, capture_output=True
     )
 
 
+def seed(url: str) -> None:
+    for number in range(SEEDED):
+        body = json.dumps({"name": f"item {number}", "description": "seeded"}).encode()
+        request = urllib.request.Request(
+            f"{url}/items", body, {"Content-Type": "application/json"}, method="POST"
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.status == 201
+
+
+def template_at(revision: str, dest: Path) -> Path:
+    """The template's files at a git revision."""
+    dest.mkdir(parents=True)
+    archive = subprocess.run(
+        ["git", "archive", revision], cwd=REPO, check=True, capture_output=True
+    )
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
+    return dest
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--seconds", type=int, default=5, help="wrk duration per run")
+    parser.add_argument("--rounds", type=int, default=3, help="runs per figure (median)")
+    parser.add_argument("--connections", type=int, default=16, help="wrk connections")
+    parser.add_argument(
+        "--base", help="also measure the generated read and create of the template at this revision"
+    )
+    parser.add_argument("--databases", nargs="+", default=list(DATABASES), choices=DATABASES)
+    parser.add_argument("--no-starts", action="store_true", help="skip the start-up figures")
+    args = parser.parse_args()
+    starts = []
+    measured: dict[str, dict[str, Load]] = {}
+    trips: dict[str, list[str]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-db-") as tmp:
         workdir = Path(tmp)
+        script = workdir / "post.lua"
+        script.write_text(POST_SCRIPT)
         template = snapshot(REPO, workdir / "template")
-        roots = {db: project(template, workdir / db, db) for db in DATABASES}
+        roots = {db: project(template, workdir / db, db) for db in args.databases}
+        bases = {}
+        if args.base:
+            old = template_at(args.base, workdir / "base-template")
+            bases = {db: project(old, workdir / f"base-{db}", db) for db in args.databases}
         pg = start_server(free_port())
         if pg is None:
             raise SystemExit("no PostgreSQL server binaries (apt-get install postgresql)")
         try:
-            starts = []
-            loads = []
             for database, root in roots.items():
                 current = settings(database, workdir, pg)
                 migrate(root, current)
                 fresh = functools.partial(settings, database, workdir, pg)
                 starts.append(
-                    (
+                    (database, "", "", "")
+                    if args.no_starts
+                    else (
                         database,
                         first_200(root, functools.partial(dict, current), prestart=False),
                         first_200(root, functools.partial(dict, current), prestart=True),
                         first_200(root, fresh, prestart=True),
                     )
                 )
-                with server(root, current, prestart=False) as url:
-                    wait_ready(url)
-                    loads.append((database, "POST /items", load(url, create)))
-                    loads.append((database, "GET /items/{id}", load(url, read)))
+                with contextlib.ExitStack() as stack:
+                    app = stack.enter_context(server(root, current, module=MODULE))
+                    wait_ready(app.url)
+                    seed(app.url)
+                    endpoints = [HEALTH, READ, BARE_READ, *DRIVERS[database], CREATE, BARE_CREATE]
+                    targets = [Target(e.label, app, e) for e in endpoints]
+                    if database in bases:
+                        base = stack.enter_context(server(bases[database], current, module=MODULE))
+                        wait_ready(base.url)
+                        for endpoint in (READ, CREATE):
+                            targets.append(
+                                Target(f"{endpoint.label} at {args.base}", base, endpoint)
+                            )
+                    measured[database] = loads(
+                        targets, args.seconds, args.connections, args.rounds, script
+                    )
+                if database == "postgresql":
+                    counted = [READ, BARE_READ, *DRIVERS[database]]
+                    trips = round_trips(root, current, counted, MODULE)
+                    if database in bases:
+                        before = round_trips(bases[database], current, [READ], MODULE)
+                        trips[f"{READ.label} at {args.base}"] = before[READ.label]
         finally:
             pg.stop()
+    report(starts, measured, trips, args)
 
+
+def report(
+    starts: list[tuple[str, str, str, str]],
+    measured: dict[str, dict[str, Load]],
+    trips: dict[str, list[str]],
+    args: argparse.Namespace,
+) -> None:
     print(f"Start to first 200 on /ready (median of {STARTS}, one Uvicorn process)")
     print(
         f"{'database':<11} {'uvicorn alone':>14} {'prestart, current':>18} {'prestart, fresh':>16}"
@@ -205,18 +480,55 @@ def main() -> None:
         print(f"{database:<11} {alone:>14} {migrated:>18} {empty:>16}")
     print()
     print(
-        f"CRUD on one Uvicorn process: {REQUESTS} requests over {CONNECTIONS} keep-alive"
-        f" connections, capped at {TIME_CAP:.0f} s"
+        f"One Uvicorn process on CPU {SERVER_CPU}; wrk -t1 -c{args.connections} -d{args.seconds}s"
+        f" on CPU {CLIENT_CPU}; median of {args.rounds} rounds; {os.cpu_count()} cores, load"
+        f" average {os.getloadavg()[0]:.1f} after the runs. CPU: the server process's time per"
+        " request; its ratio compares 1/CPU, the requests/s a core would serve."
     )
-    print(
-        f"{'database':<11} {'endpoint':<16} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}"
-        f" {'done':>6} {'errors':>6}"
-    )
-    for database, endpoint, figures in loads:
-        print(
-            f"{database:<11} {endpoint:<16} {figures['rps']:>8.0f} {figures['p50']:>8.1f}"
-            f" {figures['p99']:>8.1f} {figures['done']:>6.0f} {figures['errors']:>6.0f}"
-        )
+    rows: list[list[str]] = [
+        ["database", "endpoint", "req/s", "p99 ms", "CPU us", "errors", "ratio req/s", "CPU",
+         "target", ""]
+    ]  # fmt: skip
+    for database, figures in measured.items():
+        health, bare = figures[HEALTH.label], figures[BARE_READ.label]
+        for label, load in figures.items():
+            cells = [database, label, f"{load.rps:.0f}", f"{load.p99_ms:.1f}", f"{load.cpu_us:.0f}"]
+            cells.append(str(load.errors))
+            compared: list[tuple[str, Load, float]] = []
+            if label.startswith(READ.label):
+                compared.append(("bare SQLAlchemy read", bare, READ_TARGET))
+                if database == "sqlite":
+                    compared.append(("/health", health, HEALTH_TARGET))
+            elif label.startswith(CREATE.label):
+                compared.append(("bare SQLAlchemy create", figures[BARE_CREATE.label], 0))
+            if not compared:
+                rows.append([*cells, "", "", "", ""])
+            for number, (name, baseline, target) in enumerate(compared):
+                ratio = load.rps / baseline.rps
+                verdict = "" if not target else "met" if ratio >= target else "MISSED"
+                rows.append(
+                    [
+                        *(cells if not number else [""] * len(cells)),
+                        f"{ratio:.2f}x {name}",
+                        f"{baseline.cpu_us / load.cpu_us:.2f}x",
+                        f">= {target:.2f}x" if target else "",
+                        verdict,
+                    ]
+                )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+    if not trips:
+        return
+    print()
+    print(f"Round trips per read on PostgreSQL ({COUNTED_READS} reads in a row, on the wire)")
+    for label, taken in trips.items():
+        per_read = len(taken) / COUNTED_READS
+        verdict = "met" if per_read <= 1 else "MISSED"
+        goal = f"target 1: {verdict}" if label.startswith(READ.label) else ""
+        print(f"{label:<32} {per_read:>4.1f}  {goal}")
+        for statement in dict.fromkeys(taken):  # each distinct one once, in order
+            print(f"{'':<38}{' '.join(statement.split())[:100]}")
 
 
 if __name__ == "__main__":

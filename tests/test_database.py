@@ -30,6 +30,7 @@ from typing import Any
 import pytest
 
 from tests import docker
+from tests.pgwire import RoundTrips
 from tests.postgres import PASSWORD, PostgresServer, start_server
 from tests.project import (
     ci_check_steps,
@@ -759,6 +760,67 @@ def test_ready_logs_each_change_once_and_answers_a_hung_database_in_time(
             for line in lines
             if line["message"].startswith("Not ready")
         )
+    finally:
+        database.stop()
+
+
+# --- The data path on PostgreSQL ---------------------------------------------------------
+
+
+def read_items(base: str, ids: list[int], clients: int) -> list[int | None]:
+    """GET /items/{id} of each id, `clients` at a time; the statuses (None: no answer)."""
+    with ThreadPoolExecutor(max_workers=clients) as pool:
+        return list(pool.map(lambda item_id: status(f"{base}/items/{item_id}"), ids))
+
+
+def test_a_read_is_one_round_trip_to_postgresql(
+    projects: dict[str, Project], postgres: dict[str, str], tmp_path: Path
+) -> None:
+    """GET /items/{id} sends the server its query and nothing else: no ping before it, no
+    BEGIN and ROLLBACK around it (counted on the wire, tests/pgwire.py)."""
+    project = projects["postgres_migrations"]
+    relay = RoundTrips(postgres["POSTGRES_HOST"], int(postgres["POSTGRES_PORT"]))
+    with relay.running():
+        env = project_env(**{**postgres, "POSTGRES_PORT": str(relay.port)}, **ONE_WORKER)
+        with serving(project, tmp_path / "app.log", env) as server:
+            wait_for_ready(server)
+            item = post_item(server.url, "counted")
+            assert status(f"{server.url}/items/{item['id']}") == 200  # prepares the statement
+            relay.reset()
+            for _ in range(10):
+                assert status(f"{server.url}/items/{item['id']}") == 200
+            trips = relay.trips
+    assert len(trips) == 10, trips
+    assert all(trip.startswith("SELECT items.id") for trip in trips), trips
+
+
+def test_reads_after_a_postgresql_restart_all_succeed(
+    projects: dict[str, Project], tmp_path: Path
+) -> None:
+    """The server restarts while the pool holds connections to it: no read fails afterwards,
+    not even the first on each closed connection (what `pool_pre_ping` guarded against, here
+    without a round trip per request)."""
+    project = projects["postgres_migrations"]
+    database = own_postgres()
+    try:
+        env = project_env(**database.create_database(), **ONE_WORKER)
+        with serving(project, tmp_path / "app.log", env) as server:
+            wait_for_ready(server)
+            ids = [post_item(server.url, f"item {n}")["id"] for n in range(8)]
+            # 8 clients at once: the pool opens several connections, all kept open afterwards.
+            assert read_items(server.url, ids * 10, clients=8) == [200] * 80
+            opened = database.psql(
+                "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'"
+                " AND datname <> 'postgres'"
+            )
+            assert int(opened) > 1, opened
+
+            database.pause()  # a fast shutdown: the server closes every connection
+            database.resume()
+
+            assert read_items(server.url, ids * 10, clients=8) == [200] * 80
+            server.check_alive()
+        assert not errors_in(server.output()), errors_in(server.output())
     finally:
         database.stop()
 
