@@ -49,6 +49,7 @@ FAMILIES: dict[str, Answers] = {
         ("sqlite", "none", ["kubernetes"]),
         ("none", "traefik", ["swarm"]),
         ("postgresql", "none", ["procfile", "fly", "render", "cloudrun"]),
+        ("sqlite", "caddy", ["server"]),
     )
 }
 

@@ -9,6 +9,7 @@ never typed.
 
 import ast
 import configparser
+import json
 import re
 import subprocess
 import sys
@@ -89,6 +90,10 @@ def parse(path: Path) -> None:
         tomllib.loads(text)
     elif path.suffix in {".yml", ".yaml"}:
         yaml.safe_load(text)
+    elif path.suffix == ".json":  # devcontainer.json: JSON with whole-line // comments
+        json.loads(
+            "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("//"))
+        )
     elif path.suffix == ".ini":
         configparser.ConfigParser().read_string(text)
     elif path.suffix == ".sh" or text.startswith(("#!/bin/sh", "#!/usr/bin/env bash")):

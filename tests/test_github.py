@@ -336,6 +336,7 @@ def test_ci_audits_the_locked_dependencies_and_reads_deploy_for_the_chosen_targe
         assert ("kubectl kustomize" in deploy) == ("kubernetes" in targets)
         assert ("kubernetes-validate --strict" in deploy) == ("kubernetes" in targets)
         assert ("deploy/swarm/stack.yaml config" in deploy) == ("swarm" in targets)
+        assert ("systemd-analyze security" in deploy) == ("server" in targets)
 
 
 def job_steps(project: Path, job: str) -> list[dict[str, Any]]:

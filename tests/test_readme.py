@@ -28,7 +28,7 @@ PROJECTS: list[Answers] = [
         "database": "postgresql",
         "reverse_proxy": "caddy",
         "metrics": "prometheus",
-        "deploy_targets": ["kubernetes", "swarm"],
+        "deploy_targets": ["kubernetes", "swarm", "server"],
     },
 ]
 

@@ -288,6 +288,42 @@ def test_compose_runs_the_images_own_command_after_its_lookup(
             assert "command" not in app, path
 
 
+@pytest.mark.parametrize("answers", COMBINATIONS, ids=combination_id)
+def test_the_development_override_runs_the_images_command_with_the_reloader(
+    answers: Answers, rendered: dict[str, Path]
+) -> None:
+    """compose.dev.yaml (`docker compose watch`) runs compose.yaml's entrypoint, then setpriv
+    to the image's user, then the image's own command word for word with Uvicorn's reloader
+    added; it copies in the code the Dockerfile copies, and rebuilds on every file the builder
+    installs the dependencies from."""
+    project = rendered[combination_id(answers)]
+    production = yaml.safe_load((project / "compose.yaml").read_text())["services"]["app"]
+    dev = yaml.safe_load((project / "compose.dev.yaml").read_text())["services"]["app"]
+    assert "--reload" not in production.get("command", []) + image_command(project)
+    argv = dev.get("entrypoint", production.get("entrypoint", [])) + dev["command"]
+    switch = argv.index("setpriv")
+    assert argv[:switch] == production.get("entrypoint", [])
+    assert argv[switch : switch + 5] == [
+        "setpriv",
+        "--reuid=10001",
+        "--regid=10001",
+        "--clear-groups",
+        "--",
+    ]
+    command = image_command(project)
+    assert argv[switch + 5 : switch + 5 + len(command)] == command
+    assert argv[switch + 5 + len(command)] == "--reload"
+    assert "USER 10001:10001" in (project / "Dockerfile").read_text()
+
+    rules = dev["develop"]["watch"]
+    dockerfile = (project / "Dockerfile").read_text()
+    installed_from = set(re.findall(r"--mount=type=bind,source=([^,]+),", dockerfile))
+    assert {r["path"][2:] for r in rules if r["action"] == "rebuild"} == installed_from
+    [synced] = [r for r in rules if r["action"] == "sync"]
+    code = synced["path"][2:]
+    assert f"\nCOPY {code} ./{code}\n" in dockerfile and synced["target"] == f"/srv/{code}"
+
+
 # --- Each tool's own check ------------------------------------------------------------------
 
 
@@ -295,13 +331,26 @@ def test_compose_runs_the_images_own_command_after_its_lookup(
 def test_docker_compose_accepts_the_compose_file_and_the_stack(
     answers: Answers, rendered: dict[str, Path]
 ) -> None:
-    """The compose file as `docker compose` reads it (with .env), and the Swarm stack as its
-    README deploys it: the settings its Deploy block exports, an image named."""
+    """The compose file as `docker compose` reads it (with .env), alone and under the development
+    override with its profiles, and the Swarm stack as its README deploys it: the settings its
+    Deploy block exports, an image named."""
     if shutil.which("docker") is None:
         pytest.skip("no docker client (with the compose plugin) on PATH")
     project = rendered[combination_id(answers)]
     result = docker("compose", "config", "--quiet", cwd=project, check=False)
     assert result.returncode == 0, f"compose.yaml: {result.stderr}"
+    development = ["-f", "compose.yaml", "-f", "compose.dev.yaml", "--profile", "devcontainer"]
+    result = docker(
+        "compose",
+        *development,
+        "--profile",
+        "metrics",
+        "config",
+        "--quiet",
+        cwd=project,
+        check=False,
+    )
+    assert result.returncode == 0, f"compose.dev.yaml: {result.stderr}"
     if "swarm" in answers["deploy_targets"]:
         readme = (project / "deploy" / "swarm" / "README.md").read_text()
         # The Deploy block's settings lines as printed, then the stack read instead of deployed.

@@ -77,6 +77,8 @@ BAD_ANSWERS = [
     # Swarm replicates and replaces the app start-first; SQLite is one file on one node.
     ({"database": "sqlite", "deploy_targets": '["kubernetes", "swarm"]'}, "deploy_targets"),
     ({"deploy_targets": '["kubernetes"]', "ingress_class": "Nginx_Ingress"}, "ingress_class"),
+    # The server target fronts its socket with the machine's nginx or Caddy, never Traefik.
+    ({"reverse_proxy": "traefik", "deploy_targets": '["server"]'}, "deploy_targets"),
 ]
 
 
