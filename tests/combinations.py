@@ -44,6 +44,8 @@ COVERING_SET: list[Answers] = [
         "database": "postgresql",
         "migrations": True,
         "metrics": "prometheus",
+        "tracing": "opentelemetry",
+        "error_reports": "sentry",
     },
     {
         "dependency_tool": "poetry",
@@ -53,6 +55,7 @@ COVERING_SET: list[Answers] = [
         "reverse_proxy": "nginx",
         "database": "none",
         "metrics": "prometheus",
+        "tracing": "opentelemetry",
     },
     {
         "dependency_tool": "poetry",
@@ -72,6 +75,8 @@ COVERING_SET: list[Answers] = [
         "reverse_proxy": "external",
         "database": "postgresql",
         "migrations": False,
+        "tracing": "opentelemetry",
+        "error_reports": "sentry",
     },
     {
         "dependency_tool": "pip",

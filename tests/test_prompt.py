@@ -222,6 +222,8 @@ def test_public_domain_on_traefik_asks_the_acme_email(
     prompt.choose("database", "postgresql")
     prompt.confirm("migrations", False)
     prompt.choose("metrics", "prometheus")
+    prompt.choose("tracing", "opentelemetry")
+    prompt.choose("error_reports", "sentry")
     prompt.tick("deploy_targets", ["kubernetes"])
     prompt.type("ingress_class", "Traefik")
     prompt.refused("is not a Kubernetes name", "traefik")
@@ -235,6 +237,8 @@ def test_public_domain_on_traefik_asks_the_acme_email(
         "database": "postgresql",
         "migrations": False,
         "metrics": "prometheus",
+        "tracing": "opentelemetry",
+        "error_reports": "sentry",
         "deploy_targets": ["kubernetes"],
         "ingress_class": "traefik",
     }
@@ -250,6 +254,8 @@ def test_localhost_on_caddy_asks_no_email_and_no_database_no_migrations(
     prompt.child.send(ENTER)  # localhost, the default
     prompt.choose("database", "none")
     prompt.choose("metrics", "none")
+    prompt.choose("tracing", "none")
+    prompt.choose("error_reports", "none")
     prompt.tick("deploy_targets", ["swarm"])
     assert prompt.finish() == 0
 
@@ -259,6 +265,8 @@ def test_localhost_on_caddy_asks_no_email_and_no_database_no_migrations(
         "domain": "localhost",
         "database": "none",
         "metrics": "none",
+        "tracing": "none",
+        "error_reports": "none",
         "deploy_targets": ["swarm"],
     }
 
@@ -274,6 +282,8 @@ def test_external_proxy_asks_its_addresses_and_kubernetes_its_ingress_class(
     prompt.choose("database", "sqlite")
     prompt.confirm("migrations", True)
     prompt.choose("metrics", "none")
+    prompt.choose("tracing", "none")
+    prompt.choose("error_reports", "none")
     # Swarm with SQLite is refused; Kubernetes instead.
     prompt.tick("deploy_targets", ["swarm"])
     prompt.retick("deploy_targets", ["swarm"], ["kubernetes"])
@@ -288,6 +298,8 @@ def test_external_proxy_asks_its_addresses_and_kubernetes_its_ingress_class(
         "database": "sqlite",
         "migrations": True,
         "metrics": "none",
+        "tracing": "none",
+        "error_reports": "none",
         "deploy_targets": ["kubernetes"],
         "ingress_class": "nginx",
     }

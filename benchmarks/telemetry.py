@@ -1,0 +1,191 @@
+"""Print what tracing costs: req/s with it off, on with a collector, and on without one.
+
+    uv run python -m benchmarks.telemetry [--rounds 3]
+
+Renders the default project (package, SQLite with migrations, one Uvicorn process) twice,
+installed with uv: with `tracing=none`, and with `tracing=opentelemetry`. The traced one runs
+four times, configured only by OTEL_* variables: exporting to a collector that answers (the
+tests' OTLP receiver, tests/collectors.py, decoding every batch in this process); with no
+endpoint (spans made for the trace ids in the logs, none exported); exporting to a port where
+nothing listens (connection refused); and to one that accepts connections and never answers (each
+export waits for its timeout). Each server is started as the image starts it (`logging.json`,
+LOG_LEVEL=INFO, stdout to /dev/null). Debian's `wrk` loads `/health` and `GET /items/{id}` on
+127.0.0.1 in short bounded runs, the variants taking turns, --rounds times; the median req/s and
+p99 of each are printed beside tracing off, with the spans the collector received.
+
+No request may wait for the exporter: the unreachable collectors' rows must match the reachable
+one's (the BatchSpanProcessor drops what its queue cannot hold instead). The load generator
+shares the machine's cores with the servers: compare the rows of one run, not runs on different
+machines.
+"""
+
+import argparse
+import contextlib
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from tests.collectors import OtlpReceiver, silent_endpoint
+from tests.project import free_port, http_get, install, render, snapshot, tool_env
+
+REPO = Path(__file__).resolve().parent.parent
+OFF = "off"
+NO_ENDPOINT = "on, no endpoint (nothing exported)"
+REACHABLE = "on, collector answering"
+REFUSED = "on, collector refusing connections"
+SILENT = "on, collector never answering"
+WRK = ["wrk", "--threads", "1", "--connections", "8", "--latency", "--duration"]
+DURATION = "4s"
+PATHS = ("/health", "/items/1")
+SOCKET_ERRORS = r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)"
+
+
+def project(template: Path, dest: Path, tracing: str) -> Path:
+    render(template, dest, {"database": "sqlite", "tracing": tracing}, tasks=True)
+    install(dest, {"dependency_tool": "uv", "python_version": "3.13"})
+    return dest
+
+
+@contextlib.contextmanager
+def server(root: Path, data: Path, otel: dict[str, str]) -> Iterator[str]:
+    """One Uvicorn process started as the image starts it; its base URL, with one item stored."""
+    env = {**tool_env(), "DATA_DIR": str(data), "LOG_LEVEL": "INFO", **otel}
+    subprocess.run(
+        [".venv/bin/alembic", "upgrade", "head"], cwd=root, env=env, check=True, capture_output=True
+    )
+    port = free_port()
+    command = [".venv/bin/uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port)]
+    command += ["--log-config", "logging.json", "--no-access-log"]
+    process = subprocess.Popen(
+        command, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            with contextlib.suppress(OSError):
+                if http_get(f"{url}/health")[0] == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{url} did not answer")
+            time.sleep(0.1)
+        curl = ["curl", "-sf", "-X", "POST", "-H", "Content-Type: application/json"]
+        subprocess.run(
+            [*curl, "-d", '{"name": "one"}', f"{url}/items"], check=True, capture_output=True
+        )
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def wrk(url: str) -> tuple[float, float, int, int]:
+    """Requests/s, p99 in ms, requests and non-2xx/socket errors of one bounded wrk run."""
+    output = subprocess.run(
+        [*WRK, DURATION, url], capture_output=True, text=True, check=True
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
+    value, unit = re.search(r"99%\s+([\d.]+)(us|ms|s)", output).groups()  # type: ignore[union-attr]
+    p99 = float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+    requests = int(re.search(r"(\d+) requests in", output).group(1))  # type: ignore[union-attr]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    socket_errors = re.search(SOCKET_ERRORS, output)
+    count = int(errors.group(1)) if errors else 0
+    count += sum(int(n) for n in socket_errors.groups()) if socket_errors else 0
+    return rps, p99, requests, count
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3, help="wrk runs per figure (median)")
+    rounds = parser.parse_args().rounds
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is missing (apt-get install wrk)")
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-telemetry-") as tmp,
+        OtlpReceiver() as receiver,
+        silent_endpoint() as silent,
+    ):
+        workdir = Path(tmp)
+        template = snapshot(REPO, workdir / "template")
+        off = project(template, workdir / "off", "none")
+        on = project(template, workdir / "on", "opentelemetry")
+        service = {"OTEL_SERVICE_NAME": "benchmark"}
+        variants = {
+            OFF: (off, {}),
+            NO_ENDPOINT: (on, service),
+            REACHABLE: (on, {**service, "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint}),
+            REFUSED: (
+                on,
+                {**service, "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{free_port()}"},
+            ),
+            SILENT: (on, {**service, "OTEL_EXPORTER_OTLP_ENDPOINT": silent}),
+        }
+        results: dict[tuple[str, str], list[tuple[float, float, int, int]]] = {}
+        received: dict[str, int] = {}
+        with contextlib.ExitStack() as stack:
+            urls = {
+                name: stack.enter_context(server(root, workdir / f"data-{index}", otel))
+                for index, (name, (root, otel)) in enumerate(variants.items())
+            }
+            for url in urls.values():  # warm-up
+                for path in PATHS:
+                    subprocess.run([*WRK, "1s", f"{url}{path}"], capture_output=True)
+            time.sleep(6)  # the warm-up's last batch (sent every 5 s) is in
+            before = len(receiver.received)
+            load_before = os.getloadavg()[0]
+            for _ in range(rounds):
+                for path in PATHS:
+                    for name, url in urls.items():
+                        results.setdefault((name, path), []).append(wrk(f"{url}{path}"))
+            load_after = os.getloadavg()[0]
+            time.sleep(6)
+            received[REACHABLE] = len(receiver.received) - before
+
+    print(f"Load: {' '.join(WRK)} {DURATION} URL")
+    print(f"(one Uvicorn process each; median of {rounds} rounds, the variants taking turns)")
+    print(
+        f"Machine: load average {load_before:.1f} before the runs, {load_after:.1f} after, "
+        f"on {os.cpu_count()} cores"
+    )
+    print()
+    print(
+        f"| {'tracing':<36} | {'path':<9} | {'req/s':>8} | {'p99 ms':>7} | {'errors':>6} "
+        "| cost vs off |"
+    )
+    print(f"| {'-' * 36} | {'-' * 9} | {'-' * 8} | {'-' * 7} | {'-' * 6} | ---: |")
+    for path in PATHS:
+        median_rps = {
+            name: statistics.median(r[0] for r in results[(name, path)]) for name in variants
+        }
+        for name in variants:
+            runs = results[(name, path)]
+            p99 = statistics.median(r[1] for r in runs)
+            errors = sum(r[3] for r in runs)
+            cost = f"{(1 - median_rps[name] / median_rps[OFF]) * 100:.1f}%" if name != OFF else ""
+            print(
+                f"| {name:<36} | {path:<9} | {median_rps[name]:>8.0f} | {p99:>7.2f} | {errors:>6} "
+                f"| {cost} |"
+            )
+    sent = sum(r[2] for path in PATHS for r in results[(REACHABLE, path)])
+    print()
+    print(
+        f"The answering collector received {received[REACHABLE]} spans for the {sent} requests "
+        "sent to its server (one per /health; for /items/1 the request's and its database "
+        "spans; a full queue drops spans rather than delay a request)."
+    )
+    print(
+        "cost: requests/s lost on the same path against tracing off; the unreachable collectors' "
+        "rows show whether any request waited for the exporter (they must match the answering "
+        "collector's)"
+    )
+
+
+if __name__ == "__main__":
+    main()
