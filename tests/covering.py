@@ -480,7 +480,7 @@ def covering_array() -> CoveringArray:
     while uncovered:
         best: tuple[int, Row] | None = None
         for _ in range(12):
-            row = _greedy_row(params, by_last, uncovered, rng)
+            row = _greedy_row(params, by_last, uncovered, rng, space)
             gain = len(uncovered.intersection(_tuples(row, groups)))
             if best is None or gain > best[0]:
                 best = (gain, row)
@@ -506,14 +506,20 @@ def _greedy_row(
     by_last: dict[str, list[tuple[str, ...]]],
     uncovered: set[Tuple],
     rng: random.Random,
+    space: _Space,
 ) -> Row:
     """One row, factor by factor: the value completing the most uncovered tuples with the
-    answers already chosen (ties broken at random). A dead end (a validator refusing every
-    value) starts the row again."""
+    answers already chosen (ties broken at random), among those some accepted row continues
+    (the space's counts say which: a validator of a later factor may refuse every value of it,
+    as the last deploy target's does for SQLite with any earlier target that refuses it)."""
     while True:
         row: Row = {}
         for index, param in enumerate(params):
-            options = _options(params, index, row, None)
+            options = [
+                value
+                for value in _options(params, index, row, None)
+                if space.count(index + 1, {**row, param.name: value})[0]
+            ]
             if not options:
                 break
             scored = []

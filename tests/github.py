@@ -48,6 +48,7 @@ FAMILIES: dict[str, Answers] = {
         ("postgresql", "caddy", ["kubernetes", "swarm"]),
         ("sqlite", "none", ["kubernetes"]),
         ("none", "traefik", ["swarm"]),
+        ("postgresql", "none", ["procfile", "fly", "render", "cloudrun"]),
         ("sqlite", "caddy", ["server"]),
     )
 }

@@ -17,6 +17,7 @@ import yaml
 from tests.combinations import Answers, combination_id
 from tests.covering import answers_of, compose_proxies, covering_array
 from tests.docker import docker, require_engine
+from tests.platforms import PLATFORMS, RELEASE, schema_check, start_and_release_commands
 from tests.project import readme_block, render_with_secrets
 
 REPO = Path(__file__).resolve().parent.parent
@@ -405,3 +406,34 @@ def test_the_proxy_accepts_its_configuration(answers: Answers, rendered: dict[st
         assert '"level":"error"' not in output and " ERR " not in output, output
     else:
         assert result.returncode == 0, output
+
+
+PLATFORM_COMBINATIONS = [a for a in COMBINATIONS if set(a["deploy_targets"]) & set(PLATFORMS)]
+
+
+@pytest.mark.parametrize(
+    ("schema", "pattern"),
+    [("fly.json", "deploy/fly/fly.toml"), ("cloud-run-v1.json", "deploy/cloudrun/*.yaml")],
+    ids=["fly", "cloudrun"],
+)
+def test_every_platform_file_matches_its_schema(
+    rendered: dict[str, Path], schema: str, pattern: str
+) -> None:
+    """fly.toml and the Cloud Run service and job of every project with them: one
+    check-jsonschema run each (tests/schemas/, SchemaStore's)."""
+    files = [file for project in rendered.values() for file in sorted(project.glob(pattern))]
+    assert files, f"no project of the array has {pattern}"
+    checked = schema_check(schema, *files)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+@pytest.mark.parametrize("answers", PLATFORM_COMBINATIONS, ids=combination_id)
+def test_every_platform_starts_and_releases_with_the_same_commands(
+    answers: Answers, rendered: dict[str, Path]
+) -> None:
+    """One start command and one release command (migrating, where there are migrations),
+    whichever platform runs them (tests/test_paas.py runs them)."""
+    starts, releases = start_and_release_commands(rendered[combination_id(answers)])
+    assert len(starts) == 1, starts
+    migrates = answers["database"] != "none" and answers["migrations"]
+    assert releases == ({RELEASE} if migrates else set())
