@@ -25,11 +25,10 @@ import shutil
 import statistics
 import subprocess
 import tempfile
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
-from tests.project import free_port, http_get, install, render, snapshot, tool_env
+from benchmarks.serving import uvicorn_server
+from tests.project import install, render, snapshot
 
 REPO = Path(__file__).resolve().parent.parent
 OFF = "off (no middleware, no metrics)"
@@ -52,41 +51,6 @@ def project(template: Path, dest: Path, metrics: str, *taken_out: str) -> Path:
         assert line in main.read_text()
         main.write_text(main.read_text().replace(line, ""))
     return dest
-
-
-@contextlib.contextmanager
-def server(root: Path, data: Path, uvicorn_access_log: bool) -> Iterator[str]:
-    """One Uvicorn process started as the image starts it, or with Uvicorn's default logging
-    and access log; its base URL, with one item stored."""
-    env = {**tool_env(), "DATA_DIR": str(data), "LOG_LEVEL": "INFO"}
-    subprocess.run(
-        [".venv/bin/alembic", "upgrade", "head"], cwd=root, env=env, check=True, capture_output=True
-    )
-    port = free_port()
-    command = [".venv/bin/uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port)]
-    if not uvicorn_access_log:
-        command += ["--log-config", "logging.json", "--no-access-log"]
-    process = subprocess.Popen(
-        command, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            with contextlib.suppress(OSError):
-                if http_get(f"{url}/health")[0] == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{url} did not answer")
-            time.sleep(0.1)
-        curl = ["curl", "-sf", "-X", "POST", "-H", "Content-Type: application/json"]
-        subprocess.run(
-            [*curl, "-d", '{"name": "one"}', f"{url}/items"], check=True, capture_output=True
-        )
-        yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 def wrk(url: str) -> tuple[float, float, int]:
@@ -122,7 +86,7 @@ def main() -> None:
         with contextlib.ExitStack() as stack:
             urls = {
                 name: stack.enter_context(
-                    server(root, workdir / f"data-{index}", uvicorn_access_log=name == UVICORN)
+                    uvicorn_server(root, workdir / f"data-{index}", image_logging=name != UVICORN)
                 )
                 for index, (name, root) in enumerate(variants.items())
             }

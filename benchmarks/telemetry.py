@@ -28,11 +28,11 @@ import statistics
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
+from benchmarks.serving import uvicorn_server
 from tests.collectors import OtlpReceiver, silent_endpoint
-from tests.project import free_port, http_get, install, render, snapshot, tool_env
+from tests.project import free_port, install, render, snapshot
 
 REPO = Path(__file__).resolve().parent.parent
 OFF = "off"
@@ -50,39 +50,6 @@ def project(template: Path, dest: Path, tracing: str) -> Path:
     render(template, dest, {"database": "sqlite", "tracing": tracing}, tasks=True)
     install(dest, {"dependency_tool": "uv", "python_version": "3.13"})
     return dest
-
-
-@contextlib.contextmanager
-def server(root: Path, data: Path, otel: dict[str, str]) -> Iterator[str]:
-    """One Uvicorn process started as the image starts it; its base URL, with one item stored."""
-    env = {**tool_env(), "DATA_DIR": str(data), "LOG_LEVEL": "INFO", **otel}
-    subprocess.run(
-        [".venv/bin/alembic", "upgrade", "head"], cwd=root, env=env, check=True, capture_output=True
-    )
-    port = free_port()
-    command = [".venv/bin/uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port)]
-    command += ["--log-config", "logging.json", "--no-access-log"]
-    process = subprocess.Popen(
-        command, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            with contextlib.suppress(OSError):
-                if http_get(f"{url}/health")[0] == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{url} did not answer")
-            time.sleep(0.1)
-        curl = ["curl", "-sf", "-X", "POST", "-H", "Content-Type: application/json"]
-        subprocess.run(
-            [*curl, "-d", '{"name": "one"}', f"{url}/items"], check=True, capture_output=True
-        )
-        yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 def wrk(url: str) -> tuple[float, float, int, int]:
@@ -131,7 +98,7 @@ def main() -> None:
         received: dict[str, int] = {}
         with contextlib.ExitStack() as stack:
             urls = {
-                name: stack.enter_context(server(root, workdir / f"data-{index}", otel))
+                name: stack.enter_context(uvicorn_server(root, workdir / f"data-{index}", otel))
                 for index, (name, (root, otel)) in enumerate(variants.items())
             }
             for url in urls.values():  # warm-up
