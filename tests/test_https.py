@@ -35,7 +35,7 @@ from tests.edge import (
     set_env,
     wait_for_https,
 )
-from tests.project import free_port, readme_block, render, wait_for_http
+from tests.project import free_port, render, wait_for_http
 from tests.tls import Answer, TestCA, http_get_as, https_connection, negotiated_protocol
 
 DOCKER_GROUP = pytest.mark.xdist_group("docker")
@@ -254,7 +254,13 @@ def test_proxy_on_localhost_serves_the_copied_certificate_from_the_first_up_and_
         assert first.status == 200, first
         assert http_get_as(stack.http_port, "localhost", "/health")[0] in {301, 308}
         assert stack.get("/metrics").status == 404
-        [look] = [line for line in readme_block(readme, "Metrics") if "/metrics" in line]
+        section = readme[readme.index("\n## Metrics\n") :]
+        section = section[: section.index("\n## ", 1)] if "\n## " in section[1:] else section
+        [look] = [
+            line.strip()
+            for line in section.splitlines()
+            if "/metrics" in line and line.lstrip().startswith("docker compose")
+        ]
         metrics = subprocess.run(
             ["bash", "-ec", look],
             cwd=stack.project,

@@ -360,7 +360,9 @@ def test_default_output_configures_no_package_index(
     expected = {"Dockerfile", "compose.yaml", "README.md", ".github/dependabot.yml"} | {
         f".github/workflows/{name}.yml" for name in ("ci", "release", "template-update")
     }
-    assert configured == expected | ({"pyproject.toml"} if tool != "pip" else set())
+    # pip's development override builds with the index too (uv and Poetry read pyproject.toml).
+    by_tool = {"pyproject.toml"} if tool != "pip" else {"compose.dev.yaml"}
+    assert configured == expected | by_tool
 
 
 SECRET = "s3cr3t-canary"
