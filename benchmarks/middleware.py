@@ -19,25 +19,18 @@ compare the rows of one run, not runs on different machines.
 
 import argparse
 import contextlib
-import os
-import re
 import shutil
 import statistics
-import subprocess
 import tempfile
 from pathlib import Path
 
-from benchmarks.serving import uvicorn_server
+from benchmarks.serving import PATHS, print_load, take_turns, uvicorn_server, warm_up
 from tests.project import install, render, snapshot
 
 REPO = Path(__file__).resolve().parent.parent
 OFF = "off (no middleware, no metrics)"
 UVICORN = "off, with Uvicorn's plain access line"
 ON = "on (request id, access line, metrics)"
-WRK = ["wrk", "--threads", "1", "--connections", "8", "--latency", "--duration"]
-DURATION = "4s"
-PATHS = ("/health", "/items/1")
-SOCKET_ERRORS = r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)"
 MIDDLEWARE_LINE = "    app.add_middleware(RequestContextMiddleware)\n"
 LOGGING_LINE = "    configure_logging()\n"
 
@@ -51,21 +44,6 @@ def project(template: Path, dest: Path, metrics: str, *taken_out: str) -> Path:
         assert line in main.read_text()
         main.write_text(main.read_text().replace(line, ""))
     return dest
-
-
-def wrk(url: str) -> tuple[float, float, int]:
-    """Requests/s, p99 in ms and non-2xx/socket errors of one bounded wrk run."""
-    output = subprocess.run(
-        [*WRK, DURATION, url], capture_output=True, text=True, check=True
-    ).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
-    value, unit = re.search(r"99%\s+([\d.]+)(us|ms|s)", output).groups()  # type: ignore[union-attr]
-    p99 = float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
-    socket = re.search(SOCKET_ERRORS, output)
-    count = int(errors.group(1)) if errors else 0
-    count += sum(int(n) for n in socket.groups()) if socket else 0
-    return rps, p99, count
 
 
 def main() -> None:
@@ -82,7 +60,6 @@ def main() -> None:
             UVICORN: project(template, workdir / "uvicorn", "none", MIDDLEWARE_LINE, LOGGING_LINE),
             ON: project(template, workdir / "on", "prometheus"),
         }
-        results: dict[tuple[str, str], list[tuple[float, float, int]]] = {}
         with contextlib.ExitStack() as stack:
             urls = {
                 name: stack.enter_context(
@@ -90,22 +67,10 @@ def main() -> None:
                 )
                 for index, (name, root) in enumerate(variants.items())
             }
-            for url in urls.values():  # warm-up
-                for path in PATHS:
-                    subprocess.run([*WRK, "1s", f"{url}{path}"], capture_output=True)
-            load_before = os.getloadavg()[0]
-            for _ in range(rounds):
-                for path in PATHS:
-                    for name, url in urls.items():
-                        results.setdefault((name, path), []).append(wrk(f"{url}{path}"))
-            load_after = os.getloadavg()[0]
+            warm_up(urls)
+            results, load_before, load_after = take_turns(urls, rounds)
 
-    print(f"Load: {' '.join(WRK)} {DURATION} URL")
-    print(f"(one Uvicorn process each; median of {rounds} rounds, the variants taking turns)")
-    print(
-        f"Machine: load average {load_before:.1f} before the runs, {load_after:.1f} after, "
-        f"on {os.cpu_count()} cores"
-    )
+    print_load(rounds, load_before, load_after)
     print()
     print(
         f"| {'variant':<38} | {'path':<9} | {'req/s':>8} | {'p99 ms':>7} | {'errors':>6} "
@@ -119,7 +84,7 @@ def main() -> None:
         for name in variants:
             runs = results[(name, path)]
             p99 = statistics.median(r[1] for r in runs)
-            errors = sum(r[2] for r in runs)
+            errors = sum(r[3] for r in runs)
             costs = [
                 f"{(1 - median_rps[name] / median_rps[base]) * 100:.1f}%" if name != base else ""
                 for base in (OFF, UVICORN)

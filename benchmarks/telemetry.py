@@ -21,16 +21,13 @@ machines.
 
 import argparse
 import contextlib
-import os
-import re
 import shutil
 import statistics
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.serving import uvicorn_server
+from benchmarks.serving import PATHS, print_load, take_turns, uvicorn_server, warm_up
 from tests.collectors import OtlpReceiver, silent_endpoint
 from tests.project import free_port, install, render, snapshot
 
@@ -40,32 +37,12 @@ NO_ENDPOINT = "on, no endpoint (nothing exported)"
 REACHABLE = "on, collector answering"
 REFUSED = "on, collector refusing connections"
 SILENT = "on, collector never answering"
-WRK = ["wrk", "--threads", "1", "--connections", "8", "--latency", "--duration"]
-DURATION = "4s"
-PATHS = ("/health", "/items/1")
-SOCKET_ERRORS = r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)"
 
 
 def project(template: Path, dest: Path, tracing: str) -> Path:
     render(template, dest, {"database": "sqlite", "tracing": tracing}, tasks=True)
     install(dest, {"dependency_tool": "uv", "python_version": "3.13"})
     return dest
-
-
-def wrk(url: str) -> tuple[float, float, int, int]:
-    """Requests/s, p99 in ms, requests and non-2xx/socket errors of one bounded wrk run."""
-    output = subprocess.run(
-        [*WRK, DURATION, url], capture_output=True, text=True, check=True
-    ).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
-    value, unit = re.search(r"99%\s+([\d.]+)(us|ms|s)", output).groups()  # type: ignore[union-attr]
-    p99 = float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
-    requests = int(re.search(r"(\d+) requests in", output).group(1))  # type: ignore[union-attr]
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
-    socket_errors = re.search(SOCKET_ERRORS, output)
-    count = int(errors.group(1)) if errors else 0
-    count += sum(int(n) for n in socket_errors.groups()) if socket_errors else 0
-    return rps, p99, requests, count
 
 
 def main() -> None:
@@ -94,33 +71,20 @@ def main() -> None:
             ),
             SILENT: (on, {**service, "OTEL_EXPORTER_OTLP_ENDPOINT": silent}),
         }
-        results: dict[tuple[str, str], list[tuple[float, float, int, int]]] = {}
         received: dict[str, int] = {}
         with contextlib.ExitStack() as stack:
             urls = {
                 name: stack.enter_context(uvicorn_server(root, workdir / f"data-{index}", otel))
                 for index, (name, (root, otel)) in enumerate(variants.items())
             }
-            for url in urls.values():  # warm-up
-                for path in PATHS:
-                    subprocess.run([*WRK, "1s", f"{url}{path}"], capture_output=True)
+            warm_up(urls)
             time.sleep(6)  # the warm-up's last batch (sent every 5 s) is in
             before = len(receiver.received)
-            load_before = os.getloadavg()[0]
-            for _ in range(rounds):
-                for path in PATHS:
-                    for name, url in urls.items():
-                        results.setdefault((name, path), []).append(wrk(f"{url}{path}"))
-            load_after = os.getloadavg()[0]
+            results, load_before, load_after = take_turns(urls, rounds)
             time.sleep(6)
             received[REACHABLE] = len(receiver.received) - before
 
-    print(f"Load: {' '.join(WRK)} {DURATION} URL")
-    print(f"(one Uvicorn process each; median of {rounds} rounds, the variants taking turns)")
-    print(
-        f"Machine: load average {load_before:.1f} before the runs, {load_after:.1f} after, "
-        f"on {os.cpu_count()} cores"
-    )
+    print_load(rounds, load_before, load_after)
     print()
     print(
         f"| {'tracing':<36} | {'path':<9} | {'req/s':>8} | {'p99 ms':>7} | {'errors':>6} "
