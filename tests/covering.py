@@ -561,18 +561,78 @@ def answers_of(row: Row) -> dict[str, Any]:
     return answers
 
 
-def run_for_real(target: str, groups: list[tuple[str, ...]]) -> list[dict[str, Any]]:
-    """A handful of the array's projects with this deployment target, chosen so that each
-    combination of values of each group of questions that they hold is in one of them."""
-    rows = [row for row in covering_array().rows if target in row["deploy_targets"]]
+# The target every project has: compose.yaml is rendered whatever `deploy_targets` holds.
+COMPOSE = "compose"
 
-    def held(row: Row) -> set[Tuple]:
-        return set(_tuples(row, groups))
 
-    wanted = set().union(*map(held, rows))
-    chosen: list[Row] = []
-    while wanted:
-        best = max(rows, key=lambda row: len(held(row) & wanted))
+def run_for_real(
+    target: str, groups: list[tuple[str, ...]], where: Row | None = None
+) -> list[dict[str, Any]]:
+    """A handful of the array's projects with this deployment target (COMPOSE: any project)
+    and the answers `where` gives (what a test needs, as a Swarm test the proxy whose
+    configuration it edits), chosen so that each combination of values of each group of
+    questions that they hold is in one of them: as few as can be (a greedy choice, or a smaller
+    one where a search finds it)."""
+    rows = [
+        row
+        for row in covering_array().rows
+        if (target == COMPOSE or target in row["deploy_targets"])
+        and all(row[name] == value for name, value in (where or {}).items())
+    ]
+    assert rows, f"no project of the array deploys to {target} with {where}"
+    held = [set(_tuples(row, groups)) for row in rows]
+    wanted = set().union(*held)
+    chosen: list[int] = []
+    left = set(wanted)
+    while left:
+        best = max(range(len(rows)), key=lambda index: len(held[index] & left))
         chosen.append(best)
-        wanted -= held(best)
-    return [answers_of(row) for row in chosen]
+        left -= held[best]
+    for size in range(1, len(chosen)):
+        smaller = _cover(held, wanted, size)
+        if smaller is not None:
+            chosen = smaller
+            break
+    return [answers_of(rows[index]) for index in chosen]
+
+
+def lockable_here(answers: dict[str, Any]) -> dict[str, Any]:
+    """The answers, a Poetry project's package index made the simple one: Poetry's built-in
+    PyPI source needs PyPI's JSON API, which this machine cannot reach."""
+    if answers["dependency_tool"] == "poetry" and not answers.get("package_index"):
+        return {**answers, "package_index": SIMPLE_INDEX}
+    return answers
+
+
+# What the compose projects run for real cover: every reverse proxy, each process model with
+# each metrics answer, each database with and without migrations, each tool with each layout.
+COMPOSE_GROUPS = [
+    ("reverse_proxy",),
+    ("process_model", "metrics"),
+    ("database", "migrations"),
+    ("dependency_tool", "layout"),
+]
+
+
+@functools.cache
+def compose_projects() -> tuple[dict[str, Any], ...]:
+    """The array's projects that tests/test_projects.py installs with their own tool and runs
+    with compose (and the families the static tests of READMEs, workflows and hostile answers
+    render)."""
+    return tuple(lockable_here(answers) for answers in run_for_real(COMPOSE, COMPOSE_GROUPS))
+
+
+def _cover(held: list[set[Tuple]], wanted: set[Tuple], size: int) -> list[int] | None:
+    """At most `size` rows (indexes into `held`) holding every wanted tuple, or None. The tuple
+    fewest rows hold comes first: one of those rows is in any cover."""
+    if not wanted:
+        return []
+    if size == 0 or size * max(len(tuples & wanted) for tuples in held) < len(wanted):
+        return None
+    rarest = min(wanted, key=lambda t: (sum(t in tuples for tuples in held), repr(t)))
+    for index, tuples in enumerate(held):
+        if rarest in tuples:
+            rest = _cover(held, wanted - tuples, size - 1)
+            if rest is not None:
+                return [index, *rest]
+    return None
