@@ -174,7 +174,9 @@ def test_combination_renders_clean(
 # --- Where the app writes --------------------------------------------------------------------
 
 ENV_DIRECTORY = re.compile(r"PROMETHEUS_MULTIPROC_DIR=(\S+)")
-APP_DIRECTORY = re.compile(r"install -d -o app -g app (\S+)")
+APP_DIRECTORY = re.compile(r"install -d (?:-m \d+ )?-o app -g app (\S+)")
+# Directories the image makes writable by every user (sticky, as /tmp is).
+SHARED_DIRECTORY = re.compile(r"install -d -m 1777 -o app -g app (\S+)")
 
 
 def app_writes(project: Path) -> set[str]:
@@ -250,6 +252,13 @@ def test_every_directory_the_app_writes_is_mounted_where_its_root_is_read_only(
     problems = unmounted_compose(project, project / "compose.yaml", writes)
     if "swarm" in answers["deploy_targets"]:
         problems += unmounted_compose(project, project / "deploy/swarm/stack.yaml", writes)
+        # A stack's tmpfs is root's (Swarm gives it no owner) and takes the mode of the image's
+        # directory: the app's user writes there only if the image lets every user.
+        shared = {"/tmp", *SHARED_DIRECTORY.findall((project / "Dockerfile").read_text())}
+        problems += [
+            f"deploy/swarm/stack.yaml: the app's user cannot write the tmpfs at {directory}"
+            for directory in sorted(writes - shared)
+        ]
     if "kubernetes" in answers["deploy_targets"]:
         if shutil.which("kubectl") is None:
             pytest.skip("no kubectl (with kustomize v5) on PATH")

@@ -1,11 +1,14 @@
 """The Docker Swarm target, deployed for real on this engine.
 
-A PostgreSQL project with nginx in front (HTTPS, with a certificate of the test CA) is
-deployed as a stack with three replicas: the migration runs once (the `migrate` job), the
-replicas wait for it, the secret reaches them as a file and is in no container's `docker
-inspect`. A new image rolls out one replica at a time, start-first, while a client keeps
-sending requests through the proxy: none fails. An image whose health check fails rolls back by
-itself, and the service answers all along.
+A project of the covering array with PostgreSQL and nginx in front (HTTPS, with a certificate
+of the test CA) is deployed as a stack with three replicas, run as the stack declares them
+(read-only root, its tmpfs and secrets, the image's user, capabilities dropped): the migration
+runs once (the `migrate` job, the replicas waiting for it; with workers, the replicas'
+entrypoints in turn), the secret reaches them as a file and is in no container's `docker
+inspect`, `/metrics` answers inside a replica where metrics are on. A new image rolls out one
+replica at a time, start-first, while a client keeps sending requests through the proxy: none
+fails. An image whose health check fails rolls back by itself, and the service answers all
+along.
 """
 
 import functools
@@ -17,11 +20,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.combinations import combination_id
+from tests.covering import lockable_here, run_for_real
 from tests.docker import docker, require_engine, unique_name
-from tests.edge import DOMAIN
 from tests.project import render
 from tests.swarm import (
-    ANSWERS,
     BROKEN_DOCKERFILE,
     RELEASE_DOCKERFILE,
     Client,
@@ -38,23 +41,38 @@ pytestmark = [pytest.mark.docker, pytest.mark.xdist_group("swarm")]
 
 UPGRADE_LINE = "Running upgrade  -> 0001"
 
+# The project deployed: of the array's Swarm projects with nginx (whose configuration a test
+# edits), PostgreSQL and migrations (the migrate job, the secret, /items), the ones
+# run_for_real picks for the process model and metrics answers; the first of them only, as a
+# deploy costs a minute or two here.
+DEPLOYED = lockable_here(
+    run_for_real(
+        "swarm",
+        [("process_model", "metrics")],
+        where={"reverse_proxy": "nginx", "database": "postgresql", "migrations": True},
+    )[0]
+)
 
-@pytest.fixture(scope="module")
-def deployed(template: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+
+@pytest.fixture(scope="module", params=[pytest.param(DEPLOYED, id=combination_id(DEPLOYED))])
+def deployed(
+    request: pytest.FixtureRequest, template: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
     """The stack of release 1, converged: three healthy replicas behind nginx, which reaches
     them."""
     require_engine()
     slug = unique_name("tt-swarm")
     project = tmp_path_factory.mktemp("swarm") / "project"
-    render(template, project, {**ANSWERS, "project_slug": slug}, tasks=True)
+    answers = {**request.param, "project_slug": slug}
+    render(template, project, answers, tasks=True)
     ca = TestCA()
-    ca.issue(DOMAIN).write(project / "certs")
+    ca.issue(answers["domain"]).write(project / "certs")
     image = f"{slug}:1"
     docker("build", "-t", image, ".", cwd=project)
     with swarm_node() as node:
         for label in (f"{slug}.db=true", f"{slug}.proxy=true"):
             docker("node", "update", "--label-add", label, node)
-        stack = Stack(project, slug.replace("-", ""), DOMAIN, ca.pem, project / "certs")
+        stack = Stack(project, slug.replace("-", ""), answers["domain"], ca.pem, project / "certs")
         try:
             stack.deploy(image)
             stack.wait_converged(image, timeout=900)  # a cold start on a loaded machine
@@ -69,13 +87,18 @@ def deployed(template: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 
 def test_three_replicas_answer_through_the_proxy_after_one_migration(deployed: Stack) -> None:
     assert deployed.get("/ready") == 200, deployed.diagnose()
-    assert deployed.logs("migrate").count(UPGRADE_LINE) == 1
-    assert UPGRADE_LINE not in deployed.logs("app"), "the replicas do not migrate"
-    tasks = docker("service", "ps", "--format", "{{.CurrentState}}", deployed.service("migrate"))
-    assert tasks.stdout.strip().startswith("Complete"), tasks.stdout
-    migrate = deployed.service("migrate")
-    mode = docker("service", "inspect", "--format", "{{json .Spec.Mode}}", migrate)
-    assert "ReplicatedJob" in mode.stdout, "a Swarm job: it runs to its end and stays complete"
+    if DEPLOYED["process_model"] == "workers":
+        # Each replica's entrypoint migrates; PostgreSQL's advisory lock makes them take turns.
+        assert deployed.logs("app").count(UPGRADE_LINE) == 1
+        assert deployed.service("migrate") not in docker("service", "ls").stdout
+    else:
+        assert deployed.logs("migrate").count(UPGRADE_LINE) == 1
+        assert UPGRADE_LINE not in deployed.logs("app"), "the replicas do not migrate"
+        migrate = deployed.service("migrate")
+        tasks = docker("service", "ps", "--format", "{{.CurrentState}}", migrate)
+        assert tasks.stdout.strip().startswith("Complete"), tasks.stdout
+        mode = docker("service", "inspect", "--format", "{{json .Spec.Mode}}", migrate)
+        assert "ReplicatedJob" in mode.stdout, "a Swarm job: it runs to its end and stays complete"
 
 
 def test_secret_is_a_file_of_the_app_user_and_in_no_inspect(deployed: Stack) -> None:
@@ -89,6 +112,34 @@ def test_secret_is_a_file_of_the_app_user_and_in_no_inspect(deployed: Stack) -> 
     app = docker("ps", "-q", "--filter", label).stdout.split()[0]
     mode = docker("exec", app, "stat", "-c", "%a %u", "/run/secrets/postgres_password").stdout
     assert mode.split() == ["400", "10001"]
+
+
+# /metrics's status inside a replica, and its text.
+METRICS = """
+import urllib.error, urllib.request
+try:
+    response = urllib.request.urlopen("http://127.0.0.1:8000/metrics")
+    print(response.status, response.read().decode())
+except urllib.error.HTTPError as error:
+    print(error.code)
+"""
+
+
+def test_replicas_run_locked_down_and_answer_metrics_where_on(deployed: Stack) -> None:
+    """As the stack runs them: root read-only, every capability dropped, the image's user; and
+    /metrics answers (every worker writing its samples to the stack's tmpfs) from inside a
+    replica, as the README says with a proxy in front, or is not there without metrics."""
+    label = f"label=com.docker.swarm.service.name={deployed.service('app')}"
+    replicas = docker("ps", "-q", "--filter", label).stdout.split()
+    for found in json.loads(docker("inspect", *replicas).stdout):
+        assert found["HostConfig"]["ReadonlyRootfs"] is True
+        assert found["HostConfig"]["CapDrop"] == ["ALL"]
+        assert found["Config"]["User"].split(":")[0] == "10001"
+    answered = docker("exec", replicas[0], "python", "-c", METRICS).stdout
+    if DEPLOYED["metrics"] == "prometheus":
+        assert answered.startswith("200 ") and "http_requests_total" in answered, answered
+    else:
+        assert answered.strip() == "404", answered
 
 
 def test_rollout_of_a_new_image_fails_no_request(deployed: Stack) -> None:
@@ -188,8 +239,15 @@ def test_traefik_and_caddy_serve_https_in_front_of_the_replicas(
     over the edge network. The app's image is the one above (the proxy answer does not change
     it)."""
     slug = unique_name(f"tt-swarm-{proxy}")
-    answers = {**ANSWERS, "reverse_proxy": proxy, "project_slug": slug}
-    del answers["domain"]
+    # The deployed project's answers but the proxy (and, for a Linux server target, which
+    # refuses Traefik, Swarm alone): the array's Swarm projects with these proxies have other
+    # images, whose builds would cost more than this test.
+    answers = {
+        **{key: value for key, value in DEPLOYED.items() if key not in ("ingress_class", "domain")},
+        "reverse_proxy": proxy,
+        "deploy_targets": ["swarm"],
+        "project_slug": slug,
+    }
     project = render(template, tmp_path / "project", answers)
     write_secrets = [sys.executable, str(REPO / "hooks" / "write_secrets.py"), "postgres_password"]
     subprocess.run(write_secrets, cwd=project, check=True, capture_output=True)
