@@ -23,7 +23,8 @@ import yaml
 from markdown_it import MarkdownIt
 from validate_pyproject.api import Validator
 
-from tests.combinations import COVERING_SET, Answers, combination_id
+from tests.combinations import Answers, combination_id
+from tests.covering import compose_projects
 from tests.project import render
 
 pytestmark = pytest.mark.xdist_group("answers")
@@ -46,7 +47,9 @@ HOSTILE: dict[str, Answers] = {
         "author": "Zoë Ægir-Łukasiewicz 山田 <zoe@example.com>",
     },
 }
-CASES = [(kind, {**family, **text}) for kind, text in HOSTILE.items() for family in COVERING_SET]
+CASES = [
+    (kind, {**family, **text}) for kind, text in HOSTILE.items() for family in compose_projects()
+]
 
 
 def case_id(kind: str, answers: Answers) -> str:
@@ -88,8 +91,8 @@ def parse(path: Path) -> None:
         ast.parse(text, str(path))
     elif path.suffix == ".toml":
         tomllib.loads(text)
-    elif path.suffix in {".yml", ".yaml"}:
-        yaml.safe_load(text)
+    elif path.suffix in {".yml", ".yaml"}:  # a Kubernetes manifest may hold several documents
+        list(yaml.safe_load_all(text))
     elif path.suffix == ".json":  # devcontainer.json: JSON with whole-line // comments
         json.loads(
             "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("//"))

@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.combinations import COVERING_SET, SIMPLE_INDEX, Answers, combination_id
+from tests.combinations import SIMPLE_INDEX, Answers, combination_id
+from tests.covering import compose_projects
 from tests.github import BIN, FAMILIES, schema_findings, zizmor_findings
 from tests.project import git, render, tool_env
 
@@ -45,9 +46,9 @@ def families(template: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[s
 
 @pytest.fixture(scope="module")
 def covering(template: Path, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
-    """The projects of tests/combinations.py COVERING_SET (tasks skipped)."""
+    """The covering set: the array's projects that run with compose (tasks skipped)."""
     root = tmp_path_factory.mktemp("covering")
-    jobs = [(template, root / combination_id(answers), answers) for answers in COVERING_SET]
+    jobs = [(template, root / combination_id(answers), answers) for answers in compose_projects()]
     with ProcessPoolExecutor(max_workers=2) as pool:
         list(pool.map(_render, jobs))
     return [dest for _, dest, _ in jobs]

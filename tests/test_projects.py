@@ -1,9 +1,13 @@
 """A covering set of generated projects, each installed, checked and served for real.
 
-Every value of every question appears at least once, and every dependency tool x layout pair.
+The projects are the covering array's (tests/covering.py `compose_projects`): every reverse
+proxy, each process model with each metrics answer, each database with and without migrations,
+each dependency tool with each layout, and (as it happens) every value of every other question.
 Each project is rendered with the template's tasks (so `.env` and the lock file are made by the
 project's own tool), installed from its lock, and then must pass its own CI job (its tests,
-ruff, mypy strict) and answer `/health` over HTTP as a real Uvicorn server.
+ruff, mypy strict) and answer `/health` over HTTP as a real Uvicorn server; its compose stack
+comes up as compose.yaml declares it (read-only root, tmpfs, volumes, user, capabilities
+dropped) and answers `/health`, and `/metrics` where metrics are on.
 """
 
 import os
@@ -18,7 +22,8 @@ import yaml
 from markdown_it import MarkdownIt
 
 from tests import docker
-from tests.combinations import COVERING_SET, Answers, combination_id
+from tests.combinations import Answers, combination_id
+from tests.covering import compose_projects
 from tests.postgres import PostgresServer
 from tests.project import (
     ci_check_steps,
@@ -38,7 +43,7 @@ PROJECTS = [
     pytest.param(
         answers, id=combination_id(answers), marks=pytest.mark.xdist_group(combination_id(answers))
     )
-    for answers in COVERING_SET
+    for answers in compose_projects()
 ]
 
 
@@ -53,7 +58,7 @@ def test_covering_set_has_every_value_of_every_question() -> None:
         values = set(question.get("choices", {}).values()) or (
             {True, False} if question["type"] == "bool" else set()
         )
-        used = {answers.get(name, question.get("default")) for answers in COVERING_SET}
+        used = {answers.get(name, question.get("default")) for answers in compose_projects()}
         missing += [f"{name}={value}" for value in values - used]
     assert not missing, f"no covering project answers {missing}"
 
@@ -85,7 +90,14 @@ def project(
     if answers["database"] == "postgresql":
         server: PostgresServer = request.getfixturevalue("postgres_server")
         env = server.create_database()
-    return Installed(path, answers, env)
+    installed = Installed(path, answers, env)
+    # The database as compose has it before the app starts: where the server does not migrate
+    # (one process behind several replicas), compose's one-off `migrate` service has run.
+    migrate = yaml.safe_load((path / "compose.yaml").read_text())["services"].get("migrate")
+    if migrate:
+        command = migrate["command"]
+        run([str(installed.bin / command[0]), *command[1:]], path, **env)
+    return installed
 
 
 def test_lock_file_made_by_its_own_tool(project: Installed) -> None:
@@ -189,6 +201,8 @@ def test_ci_compose_job_passes_step_by_step(project: Installed, tmp_path: Path) 
             if result.returncode != 0:
                 failed.append(f"{step['run']}\n{result.stdout[-3000:]}{result.stderr[-3000:]}")
                 break
+        if not failed and project.answers["metrics"] == "prometheus":
+            failed += metrics_problems(checkout, env)
     finally:
         for step in shell_steps:
             if step.get("if") == "always()" or (failed and step.get("if") == "failure()"):
@@ -198,6 +212,29 @@ def test_ci_compose_job_passes_step_by_step(project: Installed, tmp_path: Path) 
         docker.docker("rmi", "-f", f"{project.answers['project_slug']}:latest", check=False)
     assert not failed, "\n".join(failed)
     assert any("/health" in step["run"] for step in shell_steps)
+
+
+def metrics_problems(checkout: Path, env: dict[str, str]) -> list[str]:
+    """Ask the running stack for /metrics as the README's Metrics section says: inside the app
+    container where a proxy is in front (its route leaves /metrics out), else on the app's
+    published port."""
+    section = readme_section((checkout / "README.md").read_text(), "Metrics")
+    inside = [block for block in fenced_blocks(section, "sh") if "compose exec app" in block]
+    if inside:
+        command = inside[0].strip().replace("docker compose exec app", "docker compose exec -T app")
+    else:
+        command = f"curl --fail --silent --show-error http://127.0.0.1:{env['APP_PORT']}/metrics"
+    result = subprocess.run(
+        ["bash", "-ec", command],
+        cwd=checkout,
+        env=tool_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if result.returncode == 0 and "http_requests_total" in result.stdout:
+        return []
+    return [f"/metrics: {command}\n{result.stdout[-3000:]}{result.stderr[-3000:]}"]
 
 
 CONFLICTED = "<<<<<<< before updating\nours\n=======\ntheirs\n>>>>>>> after updating\n"
@@ -366,8 +403,12 @@ def test_readme_extend_the_api_steps_work_as_written(project: Installed) -> None
             at = code.index("class ItemCreate(")
             models.write_text(code[:at] + model[0] + "\n\n" + code[at:])
         assert bool(commands) == migrated
+        # In the shell "Run locally" leaves: pip's virtual environment activated.
+        activate = (
+            [f". {project.bin}/activate"] if project.answers["dependency_tool"] == "pip" else []
+        )
         for command in commands[0].splitlines() if commands else []:
-            run(["bash", "-ec", command], project.path, **project.env)
+            run(["bash", "-ec", "\n".join([*activate, command])], project.path, **project.env)
         if migrated:
             revision = next((project.path / "migrations/versions").glob("*_add_notes.py"))
             assert re.search(r'create_table\(\s*"notes"', revision.read_text())
@@ -379,9 +420,6 @@ def test_readme_extend_the_api_steps_work_as_written(project: Installed) -> None
             for line in readme_block(readme, "Test and check")
         ]
         assert any(line.endswith(tuple(tests)) for line in checks), checks
-        activate = (
-            [f". {project.bin}/activate"] if project.answers["dependency_tool"] == "pip" else []
-        )
         run(["bash", "-ec", "\n".join([*activate, *checks])], project.path, **project.env)
     finally:
         if migrated:

@@ -14,16 +14,18 @@ import yaml
 from markdown_it import MarkdownIt
 from markdown_it.token import Token
 
-from tests.combinations import COVERING_SET, Answers, combination_id
+from tests.combinations import Answers, combination_id
+from tests.covering import compose_projects
 from tests.project import render, tool_env
 
 pytestmark = pytest.mark.xdist_group("readme")
 
 REPO = Path(__file__).resolve().parent.parent
 
-# The covering set, and one project with every deployment target (their READMEs too).
+# The covering set (the array's projects that run with compose), and one project with every
+# deployment target (their READMEs too).
 PROJECTS: list[Answers] = [
-    *COVERING_SET,
+    *compose_projects(),
     {
         "database": "postgresql",
         "reverse_proxy": "caddy",
