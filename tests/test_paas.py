@@ -189,14 +189,17 @@ def process_group(command: list[str], cwd: Path, env: dict[str, str]) -> Iterato
             process.wait(timeout=15)
 
 
+HEROKU = Path(__file__).parent / "heroku" / "node_modules" / ".bin" / "heroku"
+
+
 def test_heroku_local_runs_web_on_the_port_it_is_given(
     project: Path, venv_bin: Path, postgres: dict[str, str]
 ) -> None:
-    """The Heroku CLI (npm `heroku`; its install takes over a minute, so CI has none) runs the
-    Procfile as the platform does: a second runner beside honcho."""
-    heroku = shutil.which("heroku")
+    """The Heroku CLI (npm `heroku`, installed in tests/heroku by .ci/run) runs the Procfile
+    as the platform does: a second runner beside honcho."""
+    heroku = HEROKU if HEROKU.exists() else shutil.which("heroku")
     if heroku is None:
-        pytest.skip("no Heroku CLI (npm install -g heroku)")
+        pytest.skip("no Heroku CLI (npm ci --prefix tests/heroku)")
     env = platform_env(venv_bin, DATABASE_URL=database_url(postgres))
     migrated = run_shell(procfile(project)["release"], project, env)
     assert migrated.returncode == 0, migrated.stderr
