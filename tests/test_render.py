@@ -251,12 +251,12 @@ def test_every_directory_the_app_writes_is_mounted_where_its_root_is_read_only(
     writes = app_writes(project)
     problems = unmounted_compose(project, project / "compose.yaml", writes)
     if "swarm" in answers["deploy_targets"]:
-        problems += unmounted_compose(project, project / "deploy/swarm/stack.yaml", writes)
+        problems += unmounted_compose(project, project / "deploy/swarm/compose.yaml", writes)
         # A stack's tmpfs is root's (Swarm gives it no owner) and takes the mode of the image's
         # directory: the app's user writes there only if the image lets every user.
         shared = {"/tmp", *SHARED_DIRECTORY.findall((project / "Dockerfile").read_text())}
         problems += [
-            f"deploy/swarm/stack.yaml: the app's user cannot write the tmpfs at {directory}"
+            f"deploy/swarm/compose.yaml: the app's user cannot write the tmpfs at {directory}"
             for directory in sorted(writes - shared)
         ]
     if "kubernetes" in answers["deploy_targets"]:
@@ -286,7 +286,7 @@ def test_compose_runs_the_images_own_command_after_its_lookup(
     project = rendered[combination_id(answers)]
     files = [project / "compose.yaml"]
     if "swarm" in answers["deploy_targets"]:
-        files.append(project / "deploy/swarm/stack.yaml")
+        files.append(project / "deploy/swarm/compose.yaml")
     for path in files:
         app = yaml.safe_load(path.read_text())["services"]["app"]
         if "entrypoint" in app:
@@ -368,12 +368,12 @@ def test_docker_compose_accepts_the_compose_file_and_the_stack(
             for line in readme_block(readme, "Deploy")
             if line.startswith(("set -a", "export "))
         ]
-        stack = "docker compose -f deploy/swarm/stack.yaml config --quiet"
+        stack = "docker compose -f deploy/swarm/compose.yaml config --quiet"
         command = " && ".join([*settings, f"IMAGE=registry.example.com/app:1 {stack}"])
         result = subprocess.run(
             ["bash", "-c", command], cwd=project, capture_output=True, text=True, timeout=60
         )
-        assert result.returncode == 0, f"stack.yaml: {result.stderr}"
+        assert result.returncode == 0, f"deploy/swarm/compose.yaml: {result.stderr}"
 
 
 # How each proxy that runs in compose checks its configuration, inside its own image with the

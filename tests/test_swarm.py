@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.combinations import combination_id
-from tests.covering import lockable_here, run_for_real
+from tests.covering import compose_proxies, lockable_here, run_for_real
 from tests.docker import docker, require_engine, unique_name
 from tests.project import render
 from tests.swarm import (
@@ -230,7 +230,9 @@ def current_image(stack: Stack) -> str:
     return images.pop()
 
 
-@pytest.mark.parametrize("proxy", ["traefik", "caddy"])
+@pytest.mark.parametrize(
+    "proxy", [proxy for proxy in compose_proxies() if proxy != DEPLOYED["reverse_proxy"]]
+)
 def test_traefik_and_caddy_serve_https_in_front_of_the_replicas(
     proxy: str, deployed: Stack, template: Path, tmp_path: Path
 ) -> None:
