@@ -3,11 +3,13 @@
 `docker compose -f compose.yaml -f compose.dev.yaml watch` brings a rendered project up; a saved
 edit of a route reaches the running container and the next request answers with it within
 seconds, the server still running as the image's user; a dependency added with the project's
-tool rebuilds the image and replaces the container. The devcontainer's configuration parses,
-names compose files and a service that exist, and is started by `@devcontainers/cli` (or, without
-it, by the compose commands the CLI runs) for each dependency tool: its first start installs the
-tool's environment, in which the project's own tests pass. With metrics on, compose's `metrics`
-profile runs a Prometheus that scrapes the app behind a proxy.
+tool rebuilds the image and replaces the container. The devcontainer's configuration parses and
+names compose files and a service that exist. `@devcontainers/cli` (or, without it, the compose
+commands the CLI runs) starts it on the stack with the database and the proxy: its first start
+installs the environment, in which the project's own tests pass, and the server started in it
+answers through the proxy. For the other dependency tools, their install and tests run in the
+same compose service. With metrics on, compose's `metrics` profile runs a Prometheus that scrapes
+the app behind a proxy.
 """
 
 import json
