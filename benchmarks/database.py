@@ -11,7 +11,8 @@ fixture), then prints, in one run:
 - per database, requests/s and p99 of the generated app's `GET /items/{id}` and `POST /items`
   and `/health`, next to the same read and create written as a bare async SQLAlchemy ORM
   endpoint (its own engine with SQLAlchemy's defaults, a session per request, a dict back) and
-  the same read with the raw driver (sqlite3 and aiosqlite; asyncpg's pool). All are routes of
+  the same read with the raw driver (sqlite3 and aiosqlite; asyncpg's pool) and, on SQLite, with
+  a synchronous SQLAlchemy session in a `def` endpoint (FastAPI's thread pool). All are routes of
   one Uvicorn process (the image's command line, one process): the benchmark's endpoints are
   added to the generated app, so they pass through the same middleware. Uvicorn runs pinned on
   CPU 0 and `wrk` on CPU 1, against 127.0.0.1, for --seconds per run; each round runs every
@@ -107,6 +108,8 @@ SQLITE_ROUTES = """
 import sqlite3
 
 import aiosqlite
+from sqlalchemy import create_engine
+from sqlalchemy.orm import Session as SyncSession
 
 PATH = settings.database_url.database
 SQL = "SELECT id, name, description FROM items WHERE id = ?"
@@ -119,6 +122,18 @@ async def sqlite3_read(item_id: int):
     if row is None:
         raise HTTPException(404)
     return {"id": row[0], "name": row[1], "description": row[2]}
+
+
+sync_engine = create_engine(f"sqlite:///{PATH}")
+
+
+@router.get("/sync-sqlalchemy/items/{item_id}")
+def sync_sqlalchemy_read(item_id: int):
+    with SyncSession(sync_engine) as session:
+        item = session.get(Item, item_id)
+    if item is None:
+        raise HTTPException(404)
+    return {"id": item.id, "name": item.name, "description": item.description}
 
 
 @router.get("/aiosqlite/items/{item_id}")
@@ -182,6 +197,7 @@ CREATE = Endpoint("POST /items", "/items", post=True)
 BARE_CREATE = Endpoint("bare SQLAlchemy create", "/bench/sqlalchemy/items", post=True)
 DRIVERS = {
     "sqlite": [
+        Endpoint("sync SQLAlchemy read (def)", "/bench/sync-sqlalchemy/items/1"),
         Endpoint("sqlite3 read", "/bench/sqlite3/items/1"),
         Endpoint("aiosqlite read", "/bench/aiosqlite/items/1"),
     ],
@@ -487,7 +503,7 @@ def report(
     )
     rows: list[list[str]] = [
         ["database", "endpoint", "req/s", "p99 ms", "CPU us", "errors", "ratio req/s", "CPU",
-         "target", ""]
+         "target (CPU)", ""]
     ]  # fmt: skip
     for database, figures in measured.items():
         health, bare = figures[HEALTH.label], figures[BARE_READ.label]
@@ -499,18 +515,25 @@ def report(
                 compared.append(("bare SQLAlchemy read", bare, READ_TARGET))
                 if database == "sqlite":
                     compared.append(("/health", health, HEALTH_TARGET))
+            elif database == "sqlite" and "SQLAlchemy read" in label:
+                # How far SQLAlchemy itself gets from /health: async (aiosqlite's thread
+                # hand-offs) and synchronous (one hand-off, FastAPI's thread pool).
+                compared.append(("/health", health, 0))
             elif label.startswith(CREATE.label):
                 compared.append(("bare SQLAlchemy create", figures[BARE_CREATE.label], 0))
             if not compared:
                 rows.append([*cells, "", "", "", ""])
             for number, (name, baseline, target) in enumerate(compared):
                 ratio = load.rps / baseline.rps
-                verdict = "" if not target else "met" if ratio >= target else "MISSED"
+                # Judged on CPU per request: requests/s on a shared machine also measure
+                # whoever else runs.
+                per_cpu = baseline.cpu_us / load.cpu_us
+                verdict = "" if not target else "met" if per_cpu >= target else "MISSED"
                 rows.append(
                     [
                         *(cells if not number else [""] * len(cells)),
                         f"{ratio:.2f}x {name}",
-                        f"{baseline.cpu_us / load.cpu_us:.2f}x",
+                        f"{per_cpu:.2f}x",
                         f">= {target:.2f}x" if target else "",
                         verdict,
                     ]

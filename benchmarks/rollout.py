@@ -59,7 +59,7 @@ def timed_update(
 
 def measure(project: Path, slug: str, order: str, ca: TestCA) -> dict[str, str]:
     if order != "start-first":
-        stack_file = project / "deploy" / "swarm" / "stack.yaml"
+        stack_file = project / "deploy" / "swarm" / "compose.yaml"
         stack_file.write_text(
             stack_file.read_text().replace("order: start-first", f"order: {order}")
         )

@@ -84,7 +84,7 @@ def remove_images(prefix: str) -> None:
 
 @dataclass
 class Stack:
-    """A stack deployed from a project's deploy/swarm/stack.yaml, its proxy published in host
+    """A stack deployed from a project's deploy/swarm/compose.yaml, its proxy published in host
     mode on free ports. nginx (and Traefik for localhost) serves the certificate in `tls_dir`,
     verified against `ca_pem`; without them, the proxy's own certificate (Caddy's local CA) is
     taken unverified."""
@@ -137,7 +137,7 @@ class Stack:
             "HTTPS_PORT": str(self.https_port),
             **({"TLS_DIR": str(self.tls_dir)} if self.tls_dir else {}),
         }
-        stack_file = self.project / "deploy" / "swarm" / "stack.yaml"
+        stack_file = self.project / "deploy" / "swarm" / "compose.yaml"
         command = [stack_client(), "stack", "deploy", "--resolve-image", "never", "-c"]
         result = subprocess.run(
             [*command, str(stack_file), self.name],

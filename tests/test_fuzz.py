@@ -98,7 +98,7 @@ def test_fuzzing_the_openapi_schema_finds_no_server_error_and_no_undeclared_stat
         f"--checks={','.join(CHECKS)}",
         "--phases=examples,coverage,fuzzing",
         "--max-examples=40",
-        "--max-time=120",
+        "--max-time=60",
         "--seed=20261127",
         "--workers=1",
         "--request-timeout=60",

@@ -208,6 +208,7 @@ def test_index_credentials_reach_only_the_steps_that_need_them(
 DOCKERFILE = re.compile(r"dockerfile|containerfile", re.IGNORECASE)
 COMPOSE_FILE = re.compile(r"(docker-)?compose(-\w+)?(\.[\w-]+)?\.ya?ml", re.IGNORECASE)
 MAJOR_UPGRADE = "### Upgrading PostgreSQL to a new major version"
+IMAGE_VALUE = re.compile(r"^\s*(?:- )?image:\s*(\S+)", re.MULTILINE)
 
 
 def read_by_dependabot(ecosystem: str, directory: Path) -> list[Path]:
@@ -239,19 +240,35 @@ def test_dependabot_watches_the_tool_the_actions_and_the_images(
         assert [group["patterns"] for group in update["groups"].values()] == [["*"]]
     assert ("registries" in config) == ("package_index" in answers)
 
-    # The Kubernetes dev overlay's PostgreSQL is watched too, where there is one; every
-    # directory holds files Dependabot reads.
-    dev_database = "kubernetes" in answers.get("deploy_targets", [])
-    dev_database &= answers["database"] == "postgresql"
-    images = {update["package-ecosystem"]: update for update in config["updates"][2:]}
-    directories = images["docker"].get("directories") or [images["docker"]["directory"]]
-    assert directories == ["/", "/deploy/kubernetes/overlays/dev"][: 1 + dev_database]
-    for ecosystem, update in images.items():
-        for directory in update.get("directories") or [update["directory"]]:
-            assert read_by_dependabot(ecosystem, project / directory.lstrip("/")), directory
-    if dev_database:
-        postgres = project / "deploy/kubernetes/overlays/dev/postgres.yaml"
-        assert postgres in read_by_dependabot("docker", postgres.parent)
+    # Every file that names an image from a registry (the workflows' PostgreSQL aside: no
+    # ecosystem reads a workflow's images, the template's updates bring its digest) is read
+    # by an entry that lists its directory: the compose files, the Swarm stack, the
+    # Kubernetes dev overlay's PostgreSQL.
+    read = {
+        path
+        for update in config["updates"][2:]
+        for directory in update.get("directories") or [update["directory"]]
+        for path in read_by_dependabot(update["package-ecosystem"], project / directory[1:])
+    }
+    assert set(naming_registry_images(project)) <= read
+
+
+def naming_registry_images(project: Path) -> list[Path]:
+    """The project's files that name an image pulled from a registry: a Dockerfile's FROM, an
+    `image:` in YAML (outside .github/) that is not the project's own image."""
+    own = yaml.safe_load((project / ".copier-answers.yml").read_text())["project_slug"]
+    found = []
+    for path in sorted(project.rglob("*")):
+        relative = path.relative_to(project).parts
+        if not path.is_file() or relative[0] in (".github", ".venv", ".git"):
+            continue
+        if DOCKERFILE.search(path.name):
+            found.append(path)
+        elif path.suffix in (".yaml", ".yml"):
+            images = IMAGE_VALUE.findall(path.read_text())
+            if any(own not in image for image in images):
+                found.append(path)
+    return found
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -335,7 +352,7 @@ def test_ci_audits_the_locked_dependencies_and_reads_deploy_for_the_chosen_targe
         deploy = " ".join(step.get("run", "") for step in ci["jobs"]["deploy"]["steps"])
         assert ("kubectl kustomize" in deploy) == ("kubernetes" in targets)
         assert ("kubernetes-validate --strict" in deploy) == ("kubernetes" in targets)
-        assert ("deploy/swarm/stack.yaml config" in deploy) == ("swarm" in targets)
+        assert ("deploy/swarm/compose.yaml config" in deploy) == ("swarm" in targets)
         assert ("systemd-analyze security" in deploy) == ("server" in targets)
 
 
@@ -413,7 +430,7 @@ def test_deploy_job_reads_each_target_and_fails_on_a_broken_one(
     deployment.write_text(original.replace("readOnlyRootFilesystem", "readOnlyRootFileSystem"))
     assert run_job(project, "deploy", tools)[-1].returncode != 0
     deployment.write_text(original)
-    stack = project / "deploy/swarm/stack.yaml"
+    stack = project / "deploy/swarm/compose.yaml"
     stack.write_text(stack.read_text().replace("replicas: 3", "replicas: three", 1))
     failed = run_job(project, "deploy", tools)
     assert len(failed) == 3 and failed[-1].returncode != 0

@@ -249,7 +249,7 @@ def test_every_directory_the_app_writes_is_mounted_where_its_root_is_read_only(
     writes = app_writes(project)
     problems = unmounted_compose(project, project / "compose.yaml", writes)
     if "swarm" in answers["deploy_targets"]:
-        problems += unmounted_compose(project, project / "deploy/swarm/stack.yaml", writes)
+        problems += unmounted_compose(project, project / "deploy/swarm/compose.yaml", writes)
     if "kubernetes" in answers["deploy_targets"]:
         if shutil.which("kubectl") is None:
             pytest.skip("no kubectl (with kustomize v5) on PATH")
@@ -277,7 +277,7 @@ def test_compose_runs_the_images_own_command_after_its_lookup(
     project = rendered[combination_id(answers)]
     files = [project / "compose.yaml"]
     if "swarm" in answers["deploy_targets"]:
-        files.append(project / "deploy/swarm/stack.yaml")
+        files.append(project / "deploy/swarm/compose.yaml")
     for path in files:
         app = yaml.safe_load(path.read_text())["services"]["app"]
         if "entrypoint" in app:
@@ -359,12 +359,12 @@ def test_docker_compose_accepts_the_compose_file_and_the_stack(
             for line in readme_block(readme, "Deploy")
             if line.startswith(("set -a", "export "))
         ]
-        stack = "docker compose -f deploy/swarm/stack.yaml config --quiet"
+        stack = "docker compose -f deploy/swarm/compose.yaml config --quiet"
         command = " && ".join([*settings, f"IMAGE=registry.example.com/app:1 {stack}"])
         result = subprocess.run(
             ["bash", "-c", command], cwd=project, capture_output=True, text=True, timeout=60
         )
-        assert result.returncode == 0, f"stack.yaml: {result.stderr}"
+        assert result.returncode == 0, f"deploy/swarm/compose.yaml: {result.stderr}"
 
 
 # How each proxy that runs in compose checks its configuration, inside its own image with the

@@ -144,6 +144,22 @@ def test_unreadable_secret_file_stops_the_app_naming_the_setting(
     assert "Traceback" not in output and "Waiting for database" not in output
 
 
+@pytest.mark.docker
+def test_unreadable_secrets_directory_stops_the_app_naming_the_directory(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """A directory the app's user cannot list (as systemd's credentials are where their mount
+    does not reach the unit) is named as the directory, not as a secret of its name."""
+    secrets = tmp_path / "secrets"
+    secrets.mkdir(mode=0o700)  # this test's user's, not the app's uid 10001
+    (secrets / "postgres_password").write_text("not-readable\n")
+    mount = f"type=bind,source={secrets},target=/run/secrets,readonly"
+    code, output = run_once(stack.image, "--mount", mount)
+    assert code != 0
+    assert "Cannot read the secrets directory /run/secrets: Permission denied" in output, output
+    assert "Traceback" not in output and "Waiting for database" not in output
+
+
 def test_a_secret_kept_in_env_before_moves_to_its_file_unchanged(tmp_path: Path) -> None:
     """An update of a project made before secrets were files: the database volume was set up
     with .env's POSTGRES_PASSWORD, so the new file must hold that same value."""

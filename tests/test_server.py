@@ -1,12 +1,18 @@
 """The Linux server target: systemd units, the proxy's site and the install script, for real.
 
 A Debian machine with systemd as PID 1 runs in Docker (`--cgroupns=private --cap-add SYS_ADMIN`,
-tmpfs on /run; no --privileged), with nginx, the distribution's Python and uv installed as an
-administrator would (tests/images/server). One project is installed there by its own
-`deploy/server/install.sh`: the socket starts the app on the first request through nginx's HTTPS
-site, after the migration unit ran once; a reload under a stream of requests and a stop lose
-none of them, and the access lines are in the journal. Every variant's units pass
-`systemd-analyze verify` without a word and rate at most 2.0 with `systemd-analyze security`.
+tmpfs on /run; no --privileged), with nginx, Caddy, PostgreSQL, the distribution's Python, uv and
+Poetry installed as an administrator would (tests/images/server). Three projects are installed on
+a machine each, by the commands their deploy/server/README.md prints, one per dependency tool:
+- uv, Gunicorn's workers, nginx, SQLite: the socket starts the app on the first request through
+  nginx's HTTPS site, after the migration unit ran once; a reload under a stream of requests and
+  a stop lose none of them, and the access lines are in the journal;
+- Poetry, one Uvicorn process, Caddy, the machine's PostgreSQL: the role and database made as the
+  README says, the migration unit migrates it once, items are stored and read through Caddy's
+  HTTPS site (its local CA);
+- pip, one Uvicorn process on the socket itself, SQLite: a restart refuses no connection.
+Every variant's units pass `systemd-analyze verify` without a word and rate at most 2.0 with
+`systemd-analyze security`.
 """
 
 import contextlib
@@ -26,10 +32,10 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.combinations import combination_id
+from tests.combinations import SIMPLE_INDEX, combination_id
 from tests.covering import answers_of, covering_array
 from tests.docker import docker, require_engine, unique_name
-from tests.project import render
+from tests.project import readme_block, render, run
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -59,11 +65,26 @@ COMBINATIONS = [
 ]
 UNIT_SETS = ["installed", *map(combination_id, COMBINATIONS)]
 
-# One Uvicorn process on the socket (fd 3), exposed without a proxy.
+# The projects installed besides: fixed answers, as the covering array's server rows mostly ask for
+# Python 3.12 or 3.13 (Debian 12 has 3.11, and uv may download no other Python here) or for a
+# public domain (no ACME server answers here); they cover what the installed one does not.
+# Poetry, one Uvicorn process behind Caddy's HTTPS site (its local CA), this machine's PostgreSQL.
+CADDY_POSTGRES: dict[str, Any] = {
+    "project_slug": "srv-pg",
+    "python_version": "3.11",
+    "dependency_tool": "poetry",
+    "package_index": SIMPLE_INDEX,
+    "process_model": "single",
+    "reverse_proxy": "caddy",
+    "database": "postgresql",
+    "migrations": True,
+    "deploy_targets": ["server"],
+}
+# pip, one Uvicorn process on the socket (fd 3), exposed without a proxy.
 SINGLE: dict[str, Any] = {
     "project_slug": "srv-single",
     "python_version": "3.11",
-    "dependency_tool": "uv",
+    "dependency_tool": "pip",
     "process_model": "single",
     "reverse_proxy": "none",
     "database": "sqlite",
@@ -93,14 +114,21 @@ class Machine:
         return self.run("journalctl", "-u", unit, "-o", "cat", "--no-pager").stdout.splitlines()
 
     def get(self, path: str, timeout: float = 30) -> int:
+        return self.request(path, timeout=timeout)[0]
+
+    def request(self, path: str, body: Any = None, timeout: float = 30) -> tuple[int, Any]:
+        """GET, or POST `body` as JSON: the status and the JSON answered (None if none)."""
         context = ssl.create_default_context(cafile=self.cafile) if self.cafile else None
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(
+            self.url + path, data=data, headers={"Content-Type": "application/json"}
+        )
         try:
-            with urllib.request.urlopen(
-                self.url + path, timeout=timeout, context=context
-            ) as response:
-                return int(response.status)
+            with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
+                text = response.read()
+                return int(response.status), json.loads(text) if text else None
         except urllib.error.HTTPError as error:
-            return error.code
+            return error.code, None
 
 
 @pytest.fixture(scope="session")
@@ -117,10 +145,22 @@ def server_image() -> Iterator[str]:
 def installed(
     image: str, template: Path, tmp: pytest.TempPathFactory, answers: dict[str, Any], port: int
 ) -> Iterator[tuple[Machine, Path]]:
-    """A machine booted, `port` published on 127.0.0.1, and the project installed by its own
-    install script: nothing started yet but the socket."""
+    """A machine booted, `port` published on 127.0.0.1, and the project installed by the
+    commands of its deploy/server/README.md: nothing started yet but the socket."""
     slug = answers["project_slug"]
-    project = render(template, tmp.mktemp("server") / "project", answers, tasks=True)
+    project = tmp.mktemp("server") / "project"
+    if answers["dependency_tool"] == "pip":
+        # pip-compile's two locks take minutes here (test_projects runs them): uv writes the
+        # same pins with hashes of requirements.in, all the server installs, in seconds.
+        render(template, project, answers)
+        lock = ["uv", "pip", "compile", "-q", "--generate-hashes", "requirements.in"]
+        run(
+            [*lock, "--python-version", answers["python_version"], "-o", "requirements.txt"],
+            project,
+        )
+    else:
+        render(template, project, answers, tasks=True)
+    readme = (project / "deploy" / "server" / "README.md").read_text()
     name = unique_name(f"server-{slug}")
     docker(
         "run", "-d", "--name", name, "--cgroupns=private", "--cap-add", "SYS_ADMIN",
@@ -134,13 +174,21 @@ def installed(
             time.sleep(0.5)
             state = docker("exec", name, "systemctl", "is-system-running", check=False).stdout
             state = state.strip()
+        # systemd mounts a unit's credentials in a namespace of its own and needs /run to pass
+        # the mount back (shared, as on a booted machine; Docker's tmpfs is private).
+        docker("exec", name, "mount", "--make-shared", "/run")
         docker("cp", f"{project}/.", f"{name}:/root/{slug}")
+        if answers["database"] == "postgresql":
+            commands = "\n".join(readme_block(readme, "The database"))
+            docker("exec", "-w", f"/root/{slug}", name, "sh", "-eu", "-c", commands)
         # This machine reaches PyPI through a TLS-intercepting proxy whose CA is in the system
-        # store, which uv and pip read when told to.
+        # store, which uv, pip and Poetry read when told to.
         store = "/etc/ssl/certs/ca-certificates.crt"
+        install = readme_block(readme, "Install and upgrade")[0]
+        assert install == "sh deploy/server/install.sh"
         docker(
             "exec", "-w", f"/root/{slug}", "-e", f"SSL_CERT_FILE={store}",
-            "-e", f"PIP_CERT={store}", name, "sh", "deploy/server/install.sh",
+            "-e", f"PIP_CERT={store}", "-e", f"REQUESTS_CA_BUNDLE={store}", name, *install.split(),
         )  # fmt: skip
         published = docker("port", name, f"{port}/tcp").stdout.splitlines()[0].rsplit(":", 1)[1]
         scheme = "https" if port == 443 else "http"
@@ -359,11 +407,60 @@ def test_the_access_lines_are_in_the_journal_with_the_clients_address(
     assert access[-1]["client"] not in {"127.0.0.1", None}
 
 
+# Where Debian's Caddy (user caddy) keeps its local CA's root certificate.
+CADDY_ROOT = "/var/lib/caddy/.local/share/caddy/pki/authorities/local/root.crt"
+
+
+@pytest.fixture(scope="module")
+def caddy_machine(
+    server_image: str, template: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Machine]:
+    """The Poetry project behind Caddy's HTTPS site, its database the machine's PostgreSQL."""
+    with installed(server_image, template, tmp_path_factory, CADDY_POSTGRES, 443) as (machine, _):
+        deadline = time.monotonic() + 30
+        while machine.run("test", "-s", CADDY_ROOT, check=False).returncode:
+            assert time.monotonic() < deadline, "Caddy made no local CA"
+            time.sleep(0.5)
+        machine.cafile = tmp_path_factory.mktemp("caddy") / "root.crt"
+        docker("cp", f"{machine.name}:{CADDY_ROOT}", str(machine.cafile))
+        yield machine
+
+
+def test_poetry_behind_caddy_stores_items_in_the_machines_postgresql_migrated_once(
+    caddy_machine: Machine,
+) -> None:
+    machine, slug = caddy_machine, CADDY_POSTGRES["project_slug"]
+    identifier = slug.replace("-", "_")
+    assert machine.show(f"{slug}.service", "ActiveState") == "inactive"
+    # Caddy's certificate for localhost, from its own CA, is the only one trusted.
+    assert machine.get("/health") == 200
+    created = machine.request("/items", {"name": "stored through Caddy"})
+    assert created[0] == 201 and created[1]["name"] == "stored through Caddy"
+    assert machine.request("/items") == (200, [created[1]])
+    assert machine.show(f"{slug}-migrate.service", "Result") == "success"
+    assert int(machine.show(f"{slug}-migrate.service", "ExecMainExitTimestampMonotonic")) < int(
+        machine.show(f"{slug}.service", "ExecMainStartTimestampMonotonic")
+    )
+    runs = [line for line in machine.journal(f"{slug}-migrate.service") if "Finished " in line]
+    assert len(runs) == 1
+    # The row is in the machine's PostgreSQL, in the database the README had made, at the head
+    # revision.
+    psql = f"runuser -u postgres -- psql -At -d {identifier} -c"
+    assert machine.sh(f"cd / && {psql} 'SELECT name FROM items'").split("\n")[0] == (
+        "stored through Caddy"
+    )
+    assert machine.sh(f"cd / && {psql} 'SELECT version_num FROM alembic_version'").strip()
+    # The client as Caddy saw it, passed on in X-Forwarded-For.
+    entries = [json.loads(line) for line in machine.journal(slug) if line.startswith("{")]
+    access = [e for e in entries if e["logger"] == f"{identifier}.access"]
+    assert access[-1]["route"] == "/items" and access[-1]["client"] not in {"127.0.0.1", None}
+
+
 @pytest.fixture(scope="module")
 def single_machine(
     server_image: str, template: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Machine]:
-    """The one-process project, its socket on port 8000 of every address."""
+    """The one-process project installed with pip, its socket on port 8000 of every address."""
     with installed(server_image, template, tmp_path_factory, SINGLE, 8000) as (machine, _):
         yield machine
 

@@ -679,7 +679,7 @@ REMOVING_CHANGES = {
     "proxy-none": ({"reverse_proxy": "caddy"}, "Caddyfile", "reverse_proxy=none"),
     "deploy-target-removed": (
         {"database": "none", "deploy_targets": '["kubernetes", "swarm"]'},
-        "deploy/swarm/stack.yaml",
+        "deploy/swarm/compose.yaml",
         'deploy_targets=["kubernetes"]',
     ),
 }
