@@ -338,7 +338,9 @@ def test_the_devcontainer_starts_on_the_stack_and_the_proxy_reaches_its_server(
     assert set(dev.service["depends_on"]) == {"db", "proxy"}
     https_port = free_port()
     with (dev.project / ".env").open("a") as env:
+        # The ports the stack publishes on the host, free ones (5432 may be another's).
         env.write(f"HTTPS_PORT={https_port}\nHTTP_PORT={free_port()}\n")
+        env.write(f"POSTGRES_PORT={free_port()}\n")
     readme = (dev.project / "README.md").read_text()
     [serve] = re.findall(r"after `([^`]+)`\s+in its terminal", readme)
     # Started in the background by a shell of the container, its output in a file.
@@ -348,7 +350,15 @@ def test_the_devcontainer_starts_on_the_stack_and_the_proxy_reaches_its_server(
         if CLI.exists():
             up = [str(CLI), "up", "--workspace-folder", str(dev.project)]
             result = subprocess.run(up, capture_output=True, text=True, timeout=900)
-            assert '"outcome":"success"' in result.stdout, result.stdout[-6000:] + result.stderr
+            if '"outcome":"success"' not in result.stdout:
+                # The CLI does not pass compose's own words on: the stack's state and logs.
+                stack = [*dev.compose, "--profile", "devcontainer"]
+                states = docker(*stack, "ps", "-a", cwd=dev.project, check=False).stdout
+                logs = docker(*stack, "logs", "--tail=30", cwd=dev.project, check=False)
+                raise AssertionError(
+                    f"{result.stdout[-3000:]}{result.stderr[-3000:]}\n--- compose ps -a\n"
+                    f"{states}\n--- logs\n{logs.stdout[-4000:]}{logs.stderr[-2000:]}"
+                )
 
             def in_dev(command: str, **options: Any) -> subprocess.CompletedProcess[str]:
                 execute = [str(CLI), "exec", "--workspace-folder", str(dev.project)]
