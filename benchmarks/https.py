@@ -42,6 +42,7 @@ from pathlib import Path
 
 import yaml
 
+from tests.covering import compose_proxies
 from tests.docker import cpu_seconds, docker, engine_problem
 from tests.edge import (
     Stack,
@@ -309,7 +310,7 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=16, help="wrk connections")
     parser.add_argument("--rounds", type=int, default=3, help="wrk runs per figure (median)")
     parser.add_argument(
-        "--proxies", nargs="+", default=["traefik", "caddy", "nginx"], help="the proxies to measure"
+        "--proxies", nargs="+", default=compose_proxies(), help="the proxies to measure"
     )
     args = parser.parse_args()
     problem = engine_problem()

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmarks.docker import naive_project
+from tests.covering import compose_proxies, proxy_names
 from tests.docker import docker, engine_problem, processes, unique_name
 from tests.edge import render_stack, set_env
 from tests.project import http_get, render, snapshot, tool_env
@@ -97,8 +98,9 @@ SERVERS = [
         ),
     ),
 ]
-# The generated project's own stacks behind its proxies, by the names the rows print.
-PROXIES = {"nginx": "nginx", "traefik": "Traefik", "caddy": "Caddy"}
+# The generated project's own stacks behind its compose proxies (copier.yml's), by the names the
+# rows print (each proxy's folder, includes/proxy/<name>/names.jinja, names it).
+PROXIES = {proxy: proxy_names(proxy).title for proxy in compose_proxies()}
 
 
 @dataclass

@@ -78,14 +78,40 @@ def choices(name: str) -> list[Any]:
     return list(questions()[name]["choices"].values())
 
 
-def compose_proxies() -> list[str]:
-    """The reverse proxies that run in the compose file, as copier.yml computes them."""
-    in_compose = expression(computed()["proxy_in_compose"]["default"])
+def proxies_where(value: str) -> list[str]:
+    """The reverse proxies for which one of copier.yml's computed values holds (each asks the
+    proxy's folder, includes/proxy/<name>/names.jinja)."""
+    computed_value = expression(computed()[value]["default"])
     return [
         proxy
         for proxy in choices("reverse_proxy")
-        if _is_true(in_compose.render({"reverse_proxy": proxy}))
+        if _is_true(computed_value.render({"reverse_proxy": proxy}))
     ]
+
+
+def compose_proxies() -> list[str]:
+    """The reverse proxies that run in the compose file, as copier.yml computes them."""
+    return proxies_where("proxy_in_compose")
+
+
+def acme_proxies() -> list[str]:
+    """The compose proxies that obtain certificates from an ACME CA themselves."""
+    return proxies_where("proxy_obtains_certificates")
+
+
+def proxy_names(proxy: str) -> Any:
+    """What a proxy's folder says of it (includes/proxy/<name>/names.jinja), as a module."""
+    return _environment().get_template(f"includes/proxy/{proxy}/names.jinja").module
+
+
+def local_certificate_file_proxies() -> list[str]:
+    """The compose proxies that serve, on localhost, the certificate files the copy writes."""
+    return [proxy for proxy in compose_proxies() if proxy_names(proxy).local_certificate_files]
+
+
+def platform_targets() -> list[str]:
+    """The deployment targets that are platforms (copier.yml's computed platform_targets)."""
+    return [str(target) for target in computed()["platform_targets"]["default"]]
 
 
 @functools.cache
@@ -255,6 +281,9 @@ def _context(params: tuple[Parameter, ...], row: Row) -> Row:
     context.update(_questions(row))
     context.update(DERIVED)
     for name, spec in computed().items():
+        if not isinstance(spec["default"], str):  # a constant (platform_targets)
+            context[name] = spec["default"]
+            continue
         value = expression(spec["default"]).render(context)
         context[name] = _is_true(value) if spec["type"] == "bool" else value
     if context.get("ingress_class") is None:
@@ -344,7 +373,8 @@ def _referenced() -> frozenset[str]:
         if isinstance(param.default, str) and "{" in param.default:
             names.update(expression(param.default).names)
     for spec in computed().values():
-        names.update(expression(spec["default"]).names)
+        if isinstance(spec["default"], str):
+            names.update(expression(spec["default"]).names)
     return frozenset(names)
 
 

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from tests.combinations import Answers
+from tests.covering import platform_targets
 
 BIN = Path(sys.executable).parent
 # Which schema each file is checked against (check-jsonschema's built-in copies: no network).
@@ -48,7 +49,7 @@ FAMILIES: dict[str, Answers] = {
         ("postgresql", "caddy", ["kubernetes", "swarm"]),
         ("sqlite", "none", ["kubernetes"]),
         ("none", "traefik", ["swarm"]),
-        ("postgresql", "none", ["procfile", "fly", "render", "cloudrun"]),
+        ("postgresql", "none", platform_targets()),
         ("sqlite", "caddy", ["server"]),
     )
 }

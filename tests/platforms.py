@@ -11,10 +11,12 @@ from typing import Any
 
 import yaml
 
+from tests.covering import platform_targets
+
 SCHEMAS = Path(__file__).resolve().parent / "schemas"
 CHECK_JSONSCHEMA = Path(sys.executable).parent / "check-jsonschema"
 
-PLATFORMS = ["procfile", "fly", "render", "cloudrun"]
+PLATFORMS = platform_targets()
 # How a shell start command (Procfile, Render) names the port: PORT, which must be set.
 PORT_REQUIRED = '--port "${PORT:?the platform sets PORT, the port to serve on}"'
 RELEASE = "python prestart.py alembic upgrade head"

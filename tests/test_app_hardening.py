@@ -25,6 +25,7 @@ import yaml
 
 from tests import docker
 from tests.bodies import MIB, post_body, rss_mib
+from tests.covering import compose_proxies
 from tests.edge import Stack, nginx_stack, render_stack, set_env
 from tests.project import free_port, install, render, run, stop, tool_env, wait_for_http
 from tests.tls import TestCA, https_connection
@@ -109,7 +110,7 @@ def test_a_100_mb_body_is_refused_without_the_memory_growing(server: Server, chu
 def test_each_proxy_carries_the_apps_limit(template: Path, tmp_path: Path) -> None:
     """The app's default and the three proxies' limits are one number."""
     found: dict[str, int] = {}
-    for proxy in ("nginx", "traefik", "caddy"):
+    for proxy in compose_proxies():
         answers = {"reverse_proxy": proxy, "domain": "api.example.com", "acme_email": "a@b.example"}
         project = render(template, tmp_path / proxy, answers)
         if proxy == "nginx":
@@ -208,7 +209,7 @@ def post_over_https(stack: Stack, size: int) -> tuple[int, str | None]:
 
 @pytest.mark.docker
 @pytest.mark.xdist_group("docker")
-@pytest.mark.parametrize("proxy", ["nginx", "traefik", "caddy"])
+@pytest.mark.parametrize("proxy", compose_proxies())
 def test_the_proxy_refuses_a_body_over_the_limit_before_the_app_sees_it(
     proxy: str, template: Path, tmp_path: Path
 ) -> None:

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.hashes import SHA256
 
+from tests.covering import acme_proxies, local_certificate_file_proxies
 from tests.docker import docker, established_peers, host_pid, require_engine, unique_name
 from tests.edge import (
     CERT_SECONDS,
@@ -228,7 +229,7 @@ def test_nginx_without_its_certificate_stops_naming_the_path(
 
 @pytest.mark.docker
 @DOCKER_GROUP
-@pytest.mark.parametrize("proxy", ["nginx", "traefik"])
+@pytest.mark.parametrize("proxy", local_certificate_file_proxies())
 def test_proxy_on_localhost_serves_the_copied_certificate_from_the_first_up_and_after_restarts(
     proxy: str, template: Path, tmp_path: Path
 ) -> None:
@@ -341,7 +342,7 @@ def served_serial(stack: Stack) -> int:
 
 @pytest.mark.docker
 @DOCKER_GROUP
-@pytest.mark.parametrize("proxy", ["traefik", "caddy"])
+@pytest.mark.parametrize("proxy", acme_proxies())
 def test_acme_certificate_is_obtained_served_and_renewed(
     proxy: str, template: Path, tmp_path: Path, test_ca: TestCA, pebble_image: str
 ) -> None:

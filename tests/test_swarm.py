@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.covering import compose_proxies
 from tests.docker import docker, require_engine, unique_name
 from tests.edge import DOMAIN
 from tests.project import render
@@ -179,7 +180,9 @@ def current_image(stack: Stack) -> str:
     return images.pop()
 
 
-@pytest.mark.parametrize("proxy", ["traefik", "caddy"])
+@pytest.mark.parametrize(
+    "proxy", [proxy for proxy in compose_proxies() if proxy != ANSWERS["reverse_proxy"]]
+)
 def test_traefik_and_caddy_serve_https_in_front_of_the_replicas(
     proxy: str, deployed: Stack, template: Path, tmp_path: Path
 ) -> None:
