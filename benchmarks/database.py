@@ -72,7 +72,7 @@ from app.main import app
 from app.models import Item, ItemCreate
 
 settings = get_settings()
-engine = create_async_engine(settings.database_url)
+engine = create_async_engine(settings.engine_url)
 Session = async_sessionmaker(engine, expire_on_commit=False)
 router = APIRouter(prefix="/bench")
 opening = asyncio.Lock()
@@ -111,7 +111,7 @@ import aiosqlite
 from sqlalchemy import create_engine
 from sqlalchemy.orm import Session as SyncSession
 
-PATH = settings.database_url.database
+PATH = settings.engine_url.database
 SQL = "SELECT id, name, description FROM items WHERE id = ?"
 blocking = sqlite3.connect(PATH, check_same_thread=False)
 

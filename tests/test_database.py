@@ -110,7 +110,9 @@ def project_env(**settings: str) -> dict[str, str]:
     inherited = {
         key: value
         for key, value in tool_env().items()
-        if not key.startswith(("POSTGRES_", "DATA_DIR", "DB_WAIT_TIMEOUT", "WEB_CONCURRENCY"))
+        if not key.startswith(
+            ("POSTGRES_", "DATABASE_URL", "DATA_DIR", "DB_WAIT_TIMEOUT", "WEB_CONCURRENCY")
+        )
     }
     return {**inherited, **settings}
 
@@ -283,13 +285,22 @@ def test_generated_tests_pass_on_their_database(
     assert " passed" in result.stdout and "skipped" not in result.stdout
 
 
+@pytest.mark.parametrize("given", ["POSTGRES_*", "DATABASE_URL"])
 def test_generated_postgres_tests_leave_the_development_database_alone(
-    projects: dict[str, Project], postgres: dict[str, str], postgres_server: PostgresServer
+    projects: dict[str, Project],
+    postgres: dict[str, str],
+    postgres_server: PostgresServer,
+    given: str,
 ) -> None:
     """The project's tests (the migration round trip included) run in a database their
-    fixtures create and drop; the one `POSTGRES_DB` names keeps its schema and its rows."""
+    fixtures create and drop; the one the settings name (`POSTGRES_DB`, or the database of
+    `DATABASE_URL`, which wins) keeps its schema and its rows."""
     project = projects["postgres_migrations"]
     env = project_env(**postgres)
+    if given == "DATABASE_URL":
+        user, password, host = (postgres[f"POSTGRES_{n}"] for n in ("USER", "PASSWORD", "HOST"))
+        url = f"postgres://{user}:{password}@{host}:{postgres['POSTGRES_PORT']}"
+        env = project_env(DATABASE_URL=f"{url}/{postgres['POSTGRES_DB']}?sslmode=prefer")
     development = postgres["POSTGRES_DB"]
     subprocess.run(
         [str(project.bin / "alembic"), "upgrade", "head"], cwd=project.root, env=env, check=True

@@ -1,8 +1,10 @@
 """The platform targets (issue 25) are run as each platform runs them.
 
 Procfile hosts (Heroku, Dokku): honcho runs the rendered Procfile's `web` on a random PORT and its
-`release` migrates a real PostgreSQL. Render: the Blueprint's startCommand serves on PORT, its
-preDeployCommand migrates, its healthCheckPath answers 200. Fly.io and Cloud Run: their files
+`release` migrates a real PostgreSQL, given only DATABASE_URL as Heroku sets it; `heroku local`
+runs `web` too where the Heroku CLI is installed. Render: with DATABASE_URL as its
+connectionString, the Blueprint's startCommand serves on PORT, its preDeployCommand migrates, its
+healthCheckPath answers 200. Fly.io and Cloud Run: their files
 match SchemaStore's schemas (a typo'd key does not), and the image runs as Cloud Run runs it:
 the migration job's command once, then the service's command on a PORT other than 8000, stopped
 with SIGTERM within Cloud Run's 10 s. SQLite with a platform is refused at copy time.
@@ -11,11 +13,14 @@ with SIGTERM within Cloud Run's 10 s. SQLite with a platform is refused at copy 
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -133,11 +138,19 @@ def test_procfile_lists_web_and_release_at_the_root(project: Path) -> None:
     assert (project / "deploy" / "procfile" / "README.md").is_file()
 
 
-def test_honcho_runs_the_release_then_web_serves_health_on_port(
+def database_url(postgres: dict[str, str], scheme: str = "postgres") -> str:
+    """The test database as the one URL a platform gives: `postgres://` as Heroku's add-on,
+    Dokku and `fly postgres attach` write it, `postgresql://` as Render's connectionString."""
+    user, password = postgres["POSTGRES_USER"], postgres["POSTGRES_PASSWORD"]
+    host, port, name = postgres["POSTGRES_HOST"], postgres["POSTGRES_PORT"], postgres["POSTGRES_DB"]
+    return f"{scheme}://{user}:{password}@{host}:{port}/{name}"
+
+
+def test_honcho_runs_the_release_then_web_serves_items_on_port_with_only_database_url(
     project: Path, venv_bin: Path, postgres: dict[str, str]
 ) -> None:
     honcho = [str(BIN / "honcho"), "--app-root", str(project), "--no-prefix"]
-    env = platform_env(venv_bin, **postgres)
+    env = platform_env(venv_bin, DATABASE_URL=database_url(postgres))
     release = shlex.split(procfile(project)["release"])
     migrated = subprocess.run(
         [*honcho, "run", *release], cwd=project, env=env, capture_output=True, text=True
@@ -148,7 +161,52 @@ def test_honcho_runs_the_release_then_web_serves_health_on_port(
     port = free_port()
     with serve([*honcho, "start", "web"], project, **{**env, "PORT": str(port)}) as server:
         assert wait_for_http(f"http://127.0.0.1:{port}/health", 60, server) == 200
+        assert wait_for_http(f"http://127.0.0.1:{port}/items", 10, server) == 200
         assert wait_for_http(f"http://127.0.0.1:{port}/ready", 10, server) == 200
+
+
+@contextmanager
+def process_group(command: list[str], cwd: Path, env: dict[str, str]) -> Iterator[None]:
+    """A runner in a session of its own, its whole group stopped at the end: `heroku local`
+    leaves its processes running when it is itself stopped."""
+    with tempfile.TemporaryFile("w+") as output:
+        process = subprocess.Popen(
+            command,
+            cwd=cwd,
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            yield
+        except Exception as error:
+            output.seek(0)
+            error.add_note(f"--- output (last 6000 characters)\n{output.read()[-6000:]}")
+            raise
+        finally:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(timeout=15)
+
+
+HEROKU = Path(__file__).parent / "heroku" / "node_modules" / ".bin" / "heroku"
+
+
+def test_heroku_local_runs_web_on_the_port_it_is_given(
+    project: Path, venv_bin: Path, postgres: dict[str, str]
+) -> None:
+    """The Heroku CLI (npm `heroku`, installed in tests/heroku by .ci/run) runs the Procfile
+    as the platform does: a second runner beside honcho."""
+    heroku = HEROKU if HEROKU.exists() else shutil.which("heroku")
+    if heroku is None:
+        pytest.skip("no Heroku CLI (npm ci --prefix tests/heroku)")
+    env = platform_env(venv_bin, DATABASE_URL=database_url(postgres))
+    migrated = run_shell(procfile(project)["release"], project, env)
+    assert migrated.returncode == 0, migrated.stderr
+
+    port = free_port()
+    with process_group([heroku, "local", "web", "--port", str(port)], project, env):
+        assert wait_for_http(f"http://127.0.0.1:{port}/health", 90) == 200
 
 
 def test_web_without_port_stops_naming_it(project: Path, venv_bin: Path) -> None:
@@ -164,13 +222,7 @@ def test_web_without_port_stops_naming_it(project: Path, venv_bin: Path) -> None
 def render_env(service: dict[str, Any], postgres: dict[str, str]) -> dict[str, str]:
     """The web service's environment as Render fills it in: `fromDatabase` properties from
     the database (here the test's), plain values as written."""
-    database = {
-        "host": postgres["POSTGRES_HOST"],
-        "port": postgres["POSTGRES_PORT"],
-        "user": postgres["POSTGRES_USER"],
-        "password": postgres["POSTGRES_PASSWORD"],
-        "database": postgres["POSTGRES_DB"],
-    }
+    database = {"connectionString": database_url(postgres, "postgresql")}
     env = {}
     for variable in service["envVars"]:
         if "fromDatabase" in variable:
@@ -180,17 +232,14 @@ def render_env(service: dict[str, Any], postgres: dict[str, str]) -> dict[str, s
     return env
 
 
-def test_render_blueprint_names_its_postgresql_for_every_database_setting(
-    project: Path,
-) -> None:
+def test_render_blueprint_gives_its_postgresql_as_database_url(project: Path) -> None:
     loaded = blueprint(project)
     [service] = loaded["services"]
     [database] = loaded["databases"]
     assert service["type"] == "web"
     assert service["healthCheckPath"] == "/health"
     sources = {v["key"]: v["fromDatabase"] for v in service["envVars"] if "fromDatabase" in v}
-    assert set(sources) == {f"POSTGRES_{n}" for n in ("HOST", "PORT", "USER", "PASSWORD", "DB")}
-    assert {source["name"] for source in sources.values()} == {database["name"]}
+    assert sources == {"DATABASE_URL": {"name": database["name"], "property": "connectionString"}}
     assert service["envVars"][0] == {"key": "PYTHON_VERSION", "value": ANSWERS["python_version"]}
 
 
