@@ -3,11 +3,13 @@
 `docker compose -f compose.yaml -f compose.dev.yaml watch` brings a rendered project up; a saved
 edit of a route reaches the running container and the next request answers with it within
 seconds, the server still running as the image's user; a dependency added with the project's
-tool rebuilds the image and replaces the container. The devcontainer's configuration parses,
-names compose files and a service that exist, and is started by `@devcontainers/cli` (or, without
-it, by the compose commands the CLI runs) for each dependency tool: its first start installs the
-tool's environment, in which the project's own tests pass. With metrics on, compose's `metrics`
-profile runs a Prometheus that scrapes the app behind a proxy.
+tool rebuilds the image and replaces the container. The devcontainer's configuration parses and
+names compose files and a service that exist. `@devcontainers/cli` (or, without it, the compose
+commands the CLI runs) starts it on the stack with the database and the proxy: its first start
+installs the environment, in which the project's own tests pass, and the server started in it
+answers through the proxy. For the other dependency tools, their install and tests run in the
+same compose service. With metrics on, compose's `metrics` profile runs a Prometheus that scrapes
+the app behind a proxy.
 """
 
 import json
@@ -89,6 +91,25 @@ def get(url: str) -> tuple[int, str]:
         return error.code, error.read().decode()
     except (OSError, urllib.error.URLError) as error:
         return 0, str(error)
+
+
+def redirect(url: str) -> str:
+    """Where a GET, as the proxy's domain over TLS, is redirected to (not followed)."""
+
+    class Unfollowed(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args: Any) -> None:
+            return None
+
+    opener = urllib.request.build_opener(
+        Unfollowed, urllib.request.HTTPSHandler(context=UNVERIFIED)
+    )
+    request = urllib.request.Request(url, headers={"Host": "localhost"})
+    try:
+        with opener.open(request, timeout=5) as response:
+            raise AssertionError(f"{url} answered {response.status}, not a redirect")
+    except urllib.error.HTTPError as error:
+        assert error.code in (307, 308), error.code
+        return str(error.headers["Location"])
 
 
 def wait_for_line(log: Path, text: str, process: subprocess.Popen[str], timeout: float) -> None:
@@ -207,16 +228,22 @@ DEVCONTAINER_PROJECTS: dict[str, Answers] = {
     "poetry": {
         "dependency_tool": "poetry",
         "database": "postgresql",
+        "reverse_proxy": "traefik",
         "layout": "package",
         "package_index": SIMPLE_INDEX,
     },
     "pip": {"dependency_tool": "pip", "database": "none", "layout": "single_file"},
 }
+# The one project the devcontainer CLI starts as an editor would, on its whole stack (the
+# database and the proxy): what the CLI does is the same for every tool, so the other tools'
+# projects only install their environment and pass their tests in the same compose service.
+CLI_STARTED = "poetry"
 CLI = REPO / "tests" / "devcontainer" / "node_modules" / ".bin" / "devcontainer"
 # The dev user's uid in the devcontainer's image. The CLI gives it the uid of the user who
 # opens the project, except root's: this suite runs as root, so the project gets that uid
 # instead, as a developer's own files would have it.
 DEV_UID = 1000
+RUN_TESTS = {"uv": "uv run pytest -q", "poetry": "poetry run pytest -q", "pip": "pytest -q"}
 
 
 def jsonc(text: str) -> Any:
@@ -226,10 +253,55 @@ def jsonc(text: str) -> Any:
     )
 
 
-@pytest.mark.parametrize("tool", list(DEVCONTAINER_PROJECTS))
-def test_the_devcontainer_starts_with_the_tools_environment_where_the_tests_pass(
-    tool: str, template: Path, tmp_path: Path
-) -> None:
+@dataclass(frozen=True)
+class Devcontainer:
+    answers: Answers
+    project: Path
+    config: Any  # devcontainer.json
+    service: Any  # its compose service, as compose merges the files
+
+    @property
+    def compose(self) -> list[str]:
+        return ["compose", "-p", str(self.answers["project_slug"]), *DEV_FILES]
+
+    @property
+    def check(self) -> str:
+        """The project's tests and ruff in its environment, then the interpreter's path."""
+        tool = str(self.answers["dependency_tool"])
+        check = (
+            f"{RUN_TESTS[tool]} && ruff check . && python -c 'import sys; print(sys.executable)'"
+        )
+        if self.answers["database"] == "postgresql":
+            # The generated CORS tests build Settings() without its secrets directory, so they
+            # read the password from the environment only (as CI and the template's tests do).
+            check = f'export POSTGRES_PASSWORD="$(cat secrets/postgres_password)" && {check}'
+        return check
+
+    def assert_checked(self, result: subprocess.CompletedProcess[str]) -> None:
+        assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
+        assert re.search(r"\d+ passed", result.stdout), result.stdout[-3000:]
+        interpreter = self.config["customizations"]["vscode"]["settings"][
+            "python.defaultInterpreterPath"
+        ]
+        assert result.stdout.strip().splitlines()[-1] == interpreter
+
+    def down(self) -> None:
+        docker(
+            *self.compose,
+            "--profile",
+            "devcontainer",
+            "down",
+            "-v",
+            "--rmi",
+            "local",
+            cwd=self.project,
+            check=False,
+        )
+
+
+def devcontainer(template: Path, tmp_path: Path, tool: str) -> Devcontainer:
+    """The tool's project rendered and owned by the dev user; its devcontainer.json parses and
+    names compose files, a service, a workspace, an interpreter and an install that exist."""
     require_engine()
     answers = {**DEVCONTAINER_PROJECTS[tool], "project_slug": unique_name("devloop-dc")}
     project = render(template, tmp_path / "project", answers, tasks=True)
@@ -251,53 +323,113 @@ def test_the_devcontainer_starts_with_the_tools_environment_where_the_tests_pass
     assert "charliermarsh.ruff" in config["customizations"]["vscode"]["extensions"]
     install = {"uv": "uv sync --locked", "poetry": "poetry install", "pip": "requirements-dev.txt"}
     assert install[tool] in config["postCreateCommand"]
-
     subprocess.run(["chown", "-R", f"{DEV_UID}:{DEV_UID}", str(project)], check=True)
-    run_tests = {"uv": "uv run pytest -q", "poetry": "poetry run pytest -q", "pip": "pytest -q"}
-    check = f"{run_tests[tool]} && ruff check . && python -c 'import sys; print(sys.executable)'"
-    if answers["database"] == "postgresql":
-        # The generated CORS tests build Settings() without its secrets directory, so they read
-        # the password from the environment only (as CI and the template's tests give it).
-        check = f'export POSTGRES_PASSWORD="$(cat secrets/postgres_password)" && {check}'
+    return Devcontainer(answers, project, config, service)
+
+
+def test_the_devcontainer_starts_on_the_stack_and_the_proxy_reaches_its_server(
+    template: Path, tmp_path: Path
+) -> None:
+    """The devcontainer CLI (or, without it, the compose commands it runs) starts the dev
+    service with the database and the proxy; its first start installs the environment, in
+    which the project's tests pass. The server started in it as the README says answers
+    through the proxy on its published HTTPS port, the app service not running."""
+    dev = devcontainer(template, tmp_path, CLI_STARTED)
+    assert set(dev.service["depends_on"]) == {"db", "proxy"}
+    https_port = free_port()
+    with (dev.project / ".env").open("a") as env:
+        # The ports the stack publishes on the host, free ones (5432 may be another's).
+        env.write(f"HTTPS_PORT={https_port}\nHTTP_PORT={free_port()}\n")
+        env.write(f"POSTGRES_PORT={free_port()}\n")
+    readme = (dev.project / "README.md").read_text()
+    [serve] = re.findall(r"after `([^`]+)`\s+in its terminal", readme)
+    # Started in the background by a shell of the container, its output in a file.
+    start = f"nohup {serve} > /tmp/server.log 2>&1 &"
+    config = dev.config
     try:
         if CLI.exists():
-            up = [str(CLI), "up", "--workspace-folder", str(project)]
+            up = [str(CLI), "up", "--workspace-folder", str(dev.project)]
             result = subprocess.run(up, capture_output=True, text=True, timeout=900)
-            assert '"outcome":"success"' in result.stdout, result.stdout[-6000:] + result.stderr
-            execute = [str(CLI), "exec", "--workspace-folder", str(project), "sh", "-c", check]
-            result = subprocess.run(execute, capture_output=True, text=True, timeout=900)
+            if '"outcome":"success"' not in result.stdout:
+                # The CLI does not pass compose's own words on: the stack's state and logs.
+                stack = [*dev.compose, "--profile", "devcontainer"]
+                states = docker(*stack, "ps", "-a", cwd=dev.project, check=False).stdout
+                logs = docker(*stack, "logs", "--tail=30", cwd=dev.project, check=False)
+                raise AssertionError(
+                    f"{result.stdout[-3000:]}{result.stderr[-3000:]}\n--- compose ps -a\n"
+                    f"{states}\n--- logs\n{logs.stdout[-4000:]}{logs.stderr[-2000:]}"
+                )
+
+            def in_dev(command: str, **options: Any) -> subprocess.CompletedProcess[str]:
+                execute = [str(CLI), "exec", "--workspace-folder", str(dev.project)]
+                return subprocess.run(
+                    [*execute, "sh", "-c", command], capture_output=True, text=True, **options
+                )
         else:
             # What the CLI runs: the service (and what it depends on) up, then the
             # postCreateCommand and the commands as the remote user in the workspace folder.
-            docker(*compose, "up", "-d", "--build", "--wait", config["service"], cwd=project)
-            in_dev = ["exec", "-T", "-u", config["remoteUser"], "-w", config["workspaceFolder"]]
             docker(
-                *compose,
-                *in_dev,
-                config["service"],
-                "sh",
-                "-c",
-                config["postCreateCommand"],
-                cwd=project,
+                *dev.compose, "up", "-d", "--build", "--wait", config["service"], cwd=dev.project
             )
-            result = docker(
-                *compose, *in_dev, config["service"], "sh", "-c", check, cwd=project, check=False
-            )
-        assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
-        assert re.search(r"\d+ passed", result.stdout), result.stdout[-3000:]
-        assert result.stdout.strip().splitlines()[-1] == settings["python.defaultInterpreterPath"]
+            as_user = ["exec", "-T", "-u", config["remoteUser"], "-w", config["workspaceFolder"]]
+
+            def in_dev(command: str, **options: Any) -> subprocess.CompletedProcess[str]:
+                return docker(
+                    *dev.compose,
+                    *as_user,
+                    config["service"],
+                    "sh",
+                    "-c",
+                    command,
+                    cwd=dev.project,
+                    check=False,
+                )
+
+            result = in_dev(config["postCreateCommand"])
+            assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
+        dev.assert_checked(in_dev(dev.check, timeout=900))
+
+        running = docker(*dev.compose, "ps", "--services", cwd=dev.project).stdout.split()
+        assert sorted(running) == ["db", "dev", "proxy"]
+        assert in_dev(start, timeout=60).returncode == 0
+        deadline = time.monotonic() + 120
+        while (answer := get(f"https://127.0.0.1:{https_port}/health"))[0] != 200:
+            log = in_dev("cat /tmp/server.log").stdout
+            assert time.monotonic() < deadline, f"{answer}\n--- server output\n{log[-3000:]}"
+            time.sleep(0.5)
+        # The server trusts the proxy's X-Forwarded-Proto: the redirect it builds (to the route
+        # without the trailing slash) is to the https URL the client asked.
+        assert redirect(f"https://127.0.0.1:{https_port}/items/") == "https://localhost/items"
     finally:
-        docker(
-            *compose,
-            "--profile",
-            "devcontainer",
-            "down",
-            "-v",
-            "--rmi",
-            "local",
-            cwd=project,
+        dev.down()
+
+
+@pytest.mark.parametrize("tool", [tool for tool in DEVCONTAINER_PROJECTS if tool != CLI_STARTED])
+def test_the_devcontainer_service_installs_the_tools_environment_where_the_tests_pass(
+    tool: str, template: Path, tmp_path: Path
+) -> None:
+    """What differs from one tool to another: the postCreateCommand and the environment it
+    makes, run in the dev service as the remote user in the workspace folder (one container,
+    removed afterwards; the CLI's start is the test above's)."""
+    dev = devcontainer(template, tmp_path, tool)
+    config = dev.config
+    as_user = ["-u", config["remoteUser"], "-w", config["workspaceFolder"]]
+    command = f"{config['postCreateCommand']} && {dev.check}"
+    try:
+        run_once = ["--profile", "devcontainer", "run", "--rm", "--build", *as_user]
+        result = docker(
+            *dev.compose,
+            *run_once,
+            config["service"],
+            "sh",
+            "-c",
+            command,
+            cwd=dev.project,
             check=False,
         )
+        dev.assert_checked(result)
+    finally:
+        dev.down()
 
 
 # --- Prometheus you can see ---------------------------------------------------------------

@@ -197,7 +197,7 @@ def test_heroku_local_runs_web_on_the_port_it_is_given(
 ) -> None:
     """The Heroku CLI (npm `heroku`, installed in tests/heroku by .ci/run) runs the Procfile
     as the platform does: a second runner beside honcho."""
-    heroku = HEROKU if HEROKU.exists() else shutil.which("heroku")
+    heroku = str(HEROKU) if HEROKU.exists() else shutil.which("heroku")
     if heroku is None:
         pytest.skip("no Heroku CLI (npm ci --prefix tests/heroku)")
     env = platform_env(venv_bin, DATABASE_URL=database_url(postgres))

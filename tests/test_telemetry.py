@@ -6,14 +6,17 @@ from each of the workers of a workers project, and from the workers project's co
 the service name is the one OTEL_SERVICE_NAME gives, the trace is the caller's, the queries' spans
 are inside the request's, and the request's access line carries the trace id beside its request
 id. A Sentry-protocol endpoint gets the event of an unhandled error, with the request id and
-release. With the answers off, nothing of either is installed (nor imported), and with the Sentry
-answer on but SENTRY_DSN unset, `sentry_sdk` is never imported.
+release. A stopped server sends the spans still queued, and a stopped container exits within
+Docker's 10 s grace while both endpoints accept connections and never answer. With the answers
+off, nothing of either is installed (nor imported), and with the Sentry answer on but SENTRY_DSN
+unset, `sentry_sdk` is never imported.
 """
 
 import contextlib
 import json
 import os
 import secrets
+import signal
 import subprocess
 import tempfile
 import threading
@@ -23,6 +26,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -61,6 +65,7 @@ WORKERS: Answers = {
     "process_model": "workers",
     "database": "postgresql",
     "metrics": "prometheus",
+    "error_reports": "sentry",
 }
 # Appended to the rendered app: a route whose unhandled error is to be reported.
 CRASH_ROUTE = """
@@ -92,8 +97,10 @@ def single(template: Path, tmp_path_factory: pytest.TempPathFactory) -> Project:
 def workers(
     template: Path, tmp_path_factory: pytest.TempPathFactory, postgres_server: PostgresServer
 ) -> Project:
-    """The single-file layout, Uvicorn workers, PostgreSQL and Prometheus metrics; traces on."""
+    """The single-file layout, Uvicorn workers, PostgreSQL and Prometheus metrics; traces and
+    error reports on."""
     path = render(template, tmp_path_factory.mktemp("workers"), WORKERS, tasks=True)
+    (path / "main.py").write_text((path / "main.py").read_text() + CRASH_ROUTE)
     env = {**postgres_server.create_database(), "WEB_CONCURRENCY": "2"}
     return Project(path, WORKERS, install(path, WORKERS), env)
 
@@ -107,10 +114,16 @@ def image_command(project: Path, port: int) -> list[str]:
     return [{"0.0.0.0": "127.0.0.1", "8000": str(port)}.get(word, word) for word in command]
 
 
+class Served(NamedTuple):
+    url: str
+    log: Path  # the server's output
+    process: subprocess.Popen[str]
+
+
 @contextlib.contextmanager
-def serving(project: Project, **env: str) -> Iterator[tuple[str, Path]]:
+def serving(project: Project, **env: str) -> Iterator[Served]:
     """The project started as its image starts it (prestart, then Uvicorn) on a free port of
-    127.0.0.1: its base URL and the file its output goes to."""
+    127.0.0.1: its base URL, the file its output goes to, and its process."""
     port = free_port()
     command = [str(project.bin / "python"), "prestart.py", *image_command(project.path, port)]
     path = f"{project.bin}{os.pathsep}{os.environ['PATH']}"
@@ -126,7 +139,7 @@ def serving(project: Project, **env: str) -> Iterator[tuple[str, Path]]:
         url = f"http://127.0.0.1:{port}"
         try:
             wait_for_http(f"{url}/health", timeout=180, process=process)
-            yield url, Path(output.name)
+            yield Served(url, Path(output.name), process)
         except Exception as error:
             stop(process)
             error.add_note(f"--- server output\n{Path(output.name).read_text()[-6000:]}")
@@ -189,7 +202,7 @@ def test_one_process_sends_the_spans_of_a_callers_request_and_logs_its_trace_id(
 ) -> None:
     service = f"single-{secrets.token_hex(3)}"
     with OtlpReceiver() as receiver, serving(single, **exporting_to(receiver, service)) as served:
-        url, log = served
+        url, log, _ = served
         trace_id, span_id, header = traceparent()
         status = get(f"{url}/items/987654321", traceparent=header, **{"X-Request-ID": "single-1"})
         assert status == 404
@@ -215,7 +228,7 @@ def test_no_request_waits_for_a_collector_that_never_answers(single: Project) ->
         silent_endpoint() as endpoint,
         serving(
             single, OTEL_EXPORTER_OTLP_ENDPOINT=endpoint, OTEL_BSP_SCHEDULE_DELAY="10", **settings
-        ) as (url, log),
+        ) as (url, log, _),
     ):
         started = time.monotonic()
         for number in range(60):
@@ -225,6 +238,26 @@ def test_no_request_waits_for_a_collector_that_never_answers(single: Project) ->
         dropped = [line for line in log.read_text().splitlines() if "Queue full" in line]
     assert elapsed < 20, f"60 requests took {elapsed:.1f} s"
     assert len(dropped) == 1, dropped
+
+
+def test_the_spans_queued_at_a_stop_still_reach_a_collector_that_answers(single: Project) -> None:
+    """A request's spans, still queued for the next batch (5 s by default) when SIGTERM comes,
+    are sent as the app stops (Uvicorn then ends the process by raising SIGTERM again, which
+    skips the SDK's exit handler): the bound on that flush loses nothing where the collector
+    answers."""
+    service = f"stop-{secrets.token_hex(3)}"
+    with OtlpReceiver() as receiver:
+        env = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint, "OTEL_SERVICE_NAME": service}
+        with serving(single, **env) as (url, log, process):
+            trace_id, span_id, header = traceparent()
+            assert get(f"{url}/items/987654321", traceparent=header) == 404
+            assert not receiver.received
+            process.terminate()
+            code = process.wait(timeout=30)
+            output = log.read_text()
+        assert code in (0, -signal.SIGTERM), output[-3000:]
+        spans = receiver.spans_of_trace(trace_id, timeout=1)
+    assert_continued(spans, trace_id, span_id, service)
 
 
 def calls_until_two_workers_answered(url: str, receiver: OtlpReceiver) -> list[tuple[str, str]]:
@@ -269,7 +302,7 @@ def test_each_worker_sends_its_spans(workers: Project) -> None:
     trace is complete, and each access line has its trace id."""
     service = f"workers-{secrets.token_hex(3)}"
     with OtlpReceiver() as receiver, serving(workers, **exporting_to(receiver, service)) as served:
-        url, log = served
+        url, log, _ = served
         wait_for_workers(log.read_text)
         callers = calls_until_two_workers_answered(url, receiver)
         for trace_id, span_id in callers:
@@ -282,7 +315,7 @@ def test_each_worker_sends_its_spans(workers: Project) -> None:
 def test_an_unhandled_error_is_reported_with_its_request_id_and_release(
     single: Project,
 ) -> None:
-    with SentryServer() as sentry, serving(single, SENTRY_DSN=sentry.dsn) as (url, _):
+    with SentryServer() as sentry, serving(single, SENTRY_DSN=sentry.dsn) as (url, _, _):
         assert get(f"{url}/crash", **{"X-Request-ID": "crash-report-1"}) == 500
         [event] = sentry.wait_for(lambda events: events)
         time.sleep(1)  # a second event (a duplicate) would be here by now
@@ -334,31 +367,94 @@ def test_with_the_answers_off_nothing_of_either_is_installed_or_imported(
     assert not {name for name in loaded if name.startswith(("opentelemetry.sdk", "sentry_sdk"))}
 
 
-@pytest.mark.docker
-def test_the_image_sends_the_spans_of_each_worker(workers: Project) -> None:
-    """The workers project's image, on the host's network so that it reaches the receiver and
-    PostgreSQL on 127.0.0.1 (and listens there only: the command gives the address and port)."""
+@pytest.fixture(scope="module")
+def workers_image(workers: Project) -> Iterator[str]:
+    """The workers project's image, built once for the tests that run it."""
     docker.require_engine()
-    service = f"image-{secrets.token_hex(3)}"
+    with docker.image(workers.path, "telemetry") as tag:
+        yield tag
+
+
+@contextlib.contextmanager
+def running(workers: Project, tag: str, **env: str) -> Iterator[tuple[str, str]]:
+    """A container of the image, locked down as compose runs it, on the host's network so that it
+    reaches the receivers and PostgreSQL on 127.0.0.1 (and listens there only: the command gives
+    the address and port): its name and base URL, once it answers."""
     port = free_port()
-    command = image_command(workers.path, port)
-    with OtlpReceiver() as receiver, docker.image(workers.path, "telemetry") as tag:
-        settings = {**workers.env, **exporting_to(receiver, service)}
-        env = [f"--env={name}={value}" for name, value in settings.items()]
-        locked = ["--read-only", "--tmpfs=/tmp", "--tmpfs=/run/metrics:uid=10001,gid=10001"]
-        name = docker.unique_name("telemetry")
-        docker.docker("run", "-d", "--name", name, "--network=host", *locked, *env, tag, *command)
+    settings = [f"--env={name}={value}" for name, value in {**workers.env, **env}.items()]
+    locked = ["--read-only", "--tmpfs=/tmp", "--tmpfs=/run/metrics:uid=10001,gid=10001"]
+    command = tuple(image_command(workers.path, port))
+    with docker.container(tag, "--network=host", *locked, *settings, command=command) as name:
         try:
-            url = f"http://127.0.0.1:{port}"
-            wait_for_http(f"{url}/health", timeout=180)
-            wait_for_workers(lambda: docker.logs(name))
-            callers = calls_until_two_workers_answered(url, receiver)
-            for trace_id, span_id in callers:
-                assert_continued(receiver.spans_of_trace(trace_id), trace_id, span_id, service)
-            pids = senders(receiver)
-            assert len(pids) == 2 and None not in pids, f"spans came from {pids}"
+            wait_for_http(f"http://127.0.0.1:{port}/health", timeout=180)
+            yield name, f"http://127.0.0.1:{port}"
         except Exception as error:
             error.add_note(f"--- container output\n{docker.logs(name)[-6000:]}")
             raise
-        finally:
-            docker.docker("rm", "-f", "-v", name, check=False)
+
+
+@pytest.mark.docker
+def test_the_image_sends_the_spans_of_each_worker(workers: Project, workers_image: str) -> None:
+    """Each worker in the container sets up its own exporter, as on the host."""
+    service = f"image-{secrets.token_hex(3)}"
+    with (
+        OtlpReceiver() as receiver,
+        running(workers, workers_image, **exporting_to(receiver, service)) as (name, url),
+    ):
+        wait_for_workers(lambda: docker.logs(name))
+        callers = calls_until_two_workers_answered(url, receiver)
+        for trace_id, span_id in callers:
+            assert_continued(receiver.spans_of_trace(trace_id), trace_id, span_id, service)
+        pids = senders(receiver)
+        assert len(pids) == 2 and None not in pids, f"spans came from {pids}"
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize("processes", [1, 2])
+def test_a_stopped_container_exits_within_dockers_grace_while_the_collectors_never_answer(
+    workers: Project, workers_image: str, processes: int
+) -> None:
+    """Traced requests and an error report, whose exports hang on an endpoint that accepts
+    connections and never answers, then `docker stop`: the container exits 0 well within its
+    10 s, the spans and report still pending given up. One Uvicorn process (WEB_CONCURRENCY=1)
+    is the container's first process, where the SDKs' exit handlers run: the OpenTelemetry SDK's
+    would wait 30 s for the spans and Docker would kill it. Two are workers under Uvicorn's
+    supervisor."""
+    with silent_endpoint() as endpoint:
+        settings = {
+            "WEB_CONCURRENCY": str(processes),
+            "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
+            "OTEL_BSP_SCHEDULE_DELAY": "100",  # the exporter stuck in an export, more queued
+            "SENTRY_DSN": endpoint.replace("http://", "http://publickey@") + "/42",
+        }
+        with running(workers, workers_image, **settings) as (name, url):
+            wait_for_workers(lambda: docker.logs(name), processes)
+            for number in range(30):
+                assert get(f"{url}/items/987654321", **{"X-Request-ID": f"stop-{number}"}) == 404
+                time.sleep(0.02)
+            assert get(f"{url}/crash") == 500
+            since = time.time() - 1
+            docker.docker("stop", "--time", "10", name)
+            code = docker.docker("inspect", "--format", "{{.State.ExitCode}}", name).stdout
+            output = docker.logs(name)
+            elapsed = seconds_from_stop_signal_to_exit(name, since)
+    # Docker sends SIGKILL 10 s after SIGTERM: exit code 0 means it stopped before (137: killed).
+    assert code.strip() == "0", f"exit code {code.strip()} (137: killed):\n{output[-3000:]}"
+    print(f"{processes} process(es): stopped {elapsed:.1f} s after SIGTERM")
+
+
+def seconds_from_stop_signal_to_exit(name: str, since: float) -> float:
+    """From the engine's SIGTERM to the container's exit, as its events record them: the time
+    its grace counts (not the client's own delays on a busy machine)."""
+    events = docker.docker(
+        "events",
+        f"--since={since:.3f}",
+        f"--until={time.time():.3f}",
+        f"--filter=container={name}",
+        "--filter=event=kill",
+        "--filter=event=die",
+        "--format={{.Action}} {{.TimeNano}}",
+    ).stdout.split("\n")
+    times = dict(reversed([line.split() for line in events if line]))  # the first of each
+    print(f"SIGTERM at {int(times['kill']) / 1e9:.3f}, exit at {int(times['die']) / 1e9:.3f}")
+    return (int(times["die"]) - int(times["kill"])) / 1e9
