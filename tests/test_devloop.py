@@ -277,6 +277,19 @@ class Devcontainer:
             check = f'export POSTGRES_PASSWORD="$(cat secrets/postgres_password)" && {check}'
         return check
 
+    def shell(self, how: list[str], command: str) -> subprocess.CompletedProcess[str]:
+        """`sh -c command` in the dev service, by the compose command `how` (exec, run...)."""
+        return docker(
+            *self.compose,
+            *how,
+            self.config["service"],
+            "sh",
+            "-c",
+            command,
+            cwd=self.project,
+            check=False,
+        )
+
     def assert_checked(self, result: subprocess.CompletedProcess[str]) -> None:
         assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
         assert re.search(r"\d+ passed", result.stdout), result.stdout[-3000:]
@@ -374,16 +387,7 @@ def test_the_devcontainer_starts_on_the_stack_and_the_proxy_reaches_its_server(
             as_user = ["exec", "-T", "-u", config["remoteUser"], "-w", config["workspaceFolder"]]
 
             def in_dev(command: str, **options: Any) -> subprocess.CompletedProcess[str]:
-                return docker(
-                    *dev.compose,
-                    *as_user,
-                    config["service"],
-                    "sh",
-                    "-c",
-                    command,
-                    cwd=dev.project,
-                    check=False,
-                )
+                return dev.shell(as_user, command)
 
             result = in_dev(config["postCreateCommand"])
             assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
@@ -417,17 +421,7 @@ def test_the_devcontainer_service_installs_the_tools_environment_where_the_tests
     command = f"{config['postCreateCommand']} && {dev.check}"
     try:
         run_once = ["--profile", "devcontainer", "run", "--rm", "--build", *as_user]
-        result = docker(
-            *dev.compose,
-            *run_once,
-            config["service"],
-            "sh",
-            "-c",
-            command,
-            cwd=dev.project,
-            check=False,
-        )
-        dev.assert_checked(result)
+        dev.assert_checked(dev.shell(run_once, command))
     finally:
         dev.down()
 
