@@ -113,6 +113,15 @@ class Machine:
     def journal(self, unit: str) -> list[str]:
         return self.run("journalctl", "-u", unit, "-o", "cat", "--no-pager").stdout.splitlines()
 
+    def app_log(self) -> list[dict[str, Any]]:
+        """The app's JSON log lines in the journal."""
+        return [json.loads(line) for line in self.journal(self.slug) if line.startswith("{")]
+
+    def access_lines(self) -> list[dict[str, Any]]:
+        """The app's access lines in the journal, one a request."""
+        access = f"{self.slug.replace('-', '_')}.access"
+        return [entry for entry in self.app_log() if entry["logger"] == access]
+
     def get(self, path: str, timeout: float = 30) -> int:
         return self.request(path, timeout=timeout)[0]
 
@@ -400,8 +409,7 @@ def test_the_access_lines_are_in_the_journal_with_the_clients_address(
     machine: Machine, first_start: FirstStart
 ) -> None:
     assert machine.get("/health?from=journal") == 200
-    entries = [json.loads(line) for line in machine.journal(SLUG) if line.startswith("{")]
-    access = [entry for entry in entries if entry["logger"] == f"{IDENTIFIER}.access"]
+    access = machine.access_lines()
     assert access and access[-1]["route"] == "/health" and access[-1]["status"] == 200
     # The client as nginx saw it (the Docker host), not nginx's own loopback address.
     assert access[-1]["client"] not in {"127.0.0.1", None}
@@ -451,8 +459,7 @@ def test_poetry_behind_caddy_stores_items_in_the_machines_postgresql_migrated_on
     )
     assert machine.sh(f"cd / && {psql} 'SELECT version_num FROM alembic_version'").strip()
     # The client as Caddy saw it, passed on in X-Forwarded-For.
-    entries = [json.loads(line) for line in machine.journal(slug) if line.startswith("{")]
-    access = [e for e in entries if e["logger"] == f"{identifier}.access"]
+    access = machine.access_lines()
     assert access[-1]["route"] == "/items" and access[-1]["client"] not in {"127.0.0.1", None}
 
 
@@ -489,10 +496,9 @@ def test_one_uvicorn_process_takes_the_socket_and_restarts_without_refusing_a_co
 
     machine.run("systemctl", "stop", f"{slug}.service")
     assert machine.show(f"{slug}.service", "Result") == "success"
-    entries = [json.loads(line) for line in machine.journal(slug) if line.startswith("{")]
-    access = [e for e in entries if e["logger"] == f"{slug.replace('-', '_')}.access"]
+    access = machine.access_lines()
     assert access and access[-1]["route"] == "/health"
-    assert any(e["message"] == "Application shutdown complete." for e in entries)
+    assert any(e["message"] == "Application shutdown complete." for e in machine.app_log())
 
 
 @pytest.mark.parametrize("domain", ["localhost", "api.example.com"])
