@@ -100,7 +100,7 @@ WORKERS = [key for key, answers in IMAGE_ANSWERS.items() if answers["process_mod
 
 # docker stop kills after 10 s: a graceful stop ends well before, even on a busy machine.
 GRACEFUL_SECONDS = 5.0
-SLOW_SECONDS = 1.5
+SLOW_SECONDS = 4.0  # long enough for `docker stop` to arrive mid-request on a busy machine
 SLOW_FINISHED = "slow request finished"
 # Appended to the rendered app before building: the template has no slow endpoint, and the stop
 # test needs a request in flight when the stop arrives. It streams a first line at once (so the

@@ -135,12 +135,14 @@ def https_get(
 ) -> Answer:
     connection = https_connection(port, domain, ca_pem)
     try:
-        connection.request("GET", path, headers={"Host": domain, **(headers or {})})
-        response = connection.getresponse()
-        body = response.read()
+        # The certificate first: a response with `Connection: close` (a proxy's worker that is
+        # shutting down after a reload) takes the socket away once its body is read.
         assert isinstance(connection.sock, ssl.SSLSocket)
         der = connection.sock.getpeercert(binary_form=True)
         assert der is not None
+        connection.request("GET", path, headers={"Host": domain, **(headers or {})})
+        response = connection.getresponse()
+        body = response.read()
         return Answer(response.status, response.headers, body, x509.load_der_x509_certificate(der))
     finally:
         connection.close()
