@@ -611,19 +611,46 @@ def run_for_real(
     ]
     assert rows, f"no project of the array deploys to {target} with {where}"
     held = [set(_tuples(row, groups)) for row in rows]
+    return [answers_of(rows[index]) for index in _fewest(held)]
+
+
+def run_for_real_together(
+    targets: list[str], groups: list[tuple[str, ...]], where: Row | None = None
+) -> list[dict[str, Any]]:
+    """run_for_real for several targets at once, sharing projects: as few of the array's
+    projects as hold, for each target, every combination of each group that the array's
+    projects with that target hold. A project with several of the targets counts for each, so
+    the set is smaller than the union of each target's own choice."""
+    rows = [
+        row
+        for row in covering_array().rows
+        if set(targets) & set(row["deploy_targets"] or [])
+        and all(row[name] == value for name, value in (where or {}).items())
+    ]
+    assert rows, f"no project of the array deploys to any of {targets} with {where}"
+    held = [
+        {(target, t) for target in targets if target in row["deploy_targets"] for t in tuples}
+        for row in rows
+        for tuples in [set(_tuples(row, groups))]
+    ]
+    return [answers_of(rows[index]) for index in _fewest(held)]
+
+
+def _fewest(held: list[set[Any]]) -> list[int]:
+    """As few rows (indexes into `held`) as hold every tuple some row holds: a greedy choice,
+    or a smaller one where a search finds it."""
     wanted = set().union(*held)
     chosen: list[int] = []
     left = set(wanted)
     while left:
-        best = max(range(len(rows)), key=lambda index: len(held[index] & left))
+        best = max(range(len(held)), key=lambda index: len(held[index] & left))
         chosen.append(best)
         left -= held[best]
     for size in range(1, len(chosen)):
         smaller = _cover(held, wanted, size)
         if smaller is not None:
-            chosen = smaller
-            break
-    return [answers_of(rows[index]) for index in chosen]
+            return smaller
+    return chosen
 
 
 def lockable_here(answers: dict[str, Any]) -> dict[str, Any]:
@@ -652,7 +679,28 @@ def compose_projects() -> tuple[dict[str, Any], ...]:
     return tuple(lockable_here(answers) for answers in run_for_real(COMPOSE, COMPOSE_GROUPS))
 
 
-def _cover(held: list[set[Tuple]], wanted: set[Tuple], size: int) -> list[int] | None:
+# What the platform projects run for real cover, on each platform: each process model (one
+# Uvicorn process or workers), each tool (Render's build command), each layout (the start
+# command's module), each database with and without migrations (the release step, or none).
+PLATFORM_GROUPS = [
+    ("process_model",),
+    ("dependency_tool",),
+    ("layout",),
+    ("database", "migrations"),
+]
+
+
+@functools.cache
+def platform_projects() -> tuple[dict[str, Any], ...]:
+    """The array's projects that tests/test_paas.py installs and runs as each of their
+    platforms runs them."""
+    return tuple(
+        lockable_here(answers)
+        for answers in run_for_real_together(platform_targets(), PLATFORM_GROUPS)
+    )
+
+
+def _cover(held: list[set[Any]], wanted: set[Any], size: int) -> list[int] | None:
     """At most `size` rows (indexes into `held`) holding every wanted tuple, or None. The tuple
     fewest rows hold comes first: one of those rows is in any cover."""
     if not wanted:

@@ -1,6 +1,6 @@
 """Read a generated project's platform files (issue 25) as the platforms read them, and check
-their schemas: shared by tests/test_paas.py (one project run for real) and tests/test_render.py
-(every project of the covering array)."""
+their schemas: shared by tests/test_paas.py (the platform projects run for real) and
+tests/test_render.py (every project of the covering array)."""
 
 import shlex
 import subprocess
