@@ -279,6 +279,14 @@ def test_procfile_lists_web_and_a_release_only_with_migrations(
     assert (project.path / "deploy" / "procfile" / "README.md").is_file()
 
 
+def assert_migrated(
+    release: subprocess.CompletedProcess[str], project: Project, postgres: dict[str, str]
+) -> None:
+    """A platform's release step ran and left the database at the project's newest revision."""
+    assert release.returncode == 0, release.stderr
+    assert revision(postgres) == head(project)
+
+
 @pytest.mark.parametrize("answers", carrying("procfile"))
 def test_honcho_runs_the_release_then_web_serves_on_port_with_only_database_url(
     answers: dict[str, Any],
@@ -293,8 +301,7 @@ def test_honcho_runs_the_release_then_web_serves_on_port_with_only_database_url(
         migrated = subprocess.run(
             [*honcho, "run", *release], cwd=project.path, env=env, capture_output=True, text=True
         )
-        assert migrated.returncode == 0, migrated.stderr
-        assert revision(postgres) == head(project)
+        assert_migrated(migrated, project, postgres)
 
     port = free_port()
     with process_group(
@@ -389,8 +396,7 @@ def test_render_pre_deploy_migrates_then_start_serves_its_health_path_on_port(
     env = platform_env(project, **render_env(service, postgres))
     if project.migrations:
         migrated = run_shell(service["preDeployCommand"], project.path, env)
-        assert migrated.returncode == 0, migrated.stderr
-        assert revision(postgres) == head(project)
+        assert_migrated(migrated, project, postgres)
 
     port = free_port()
     start = ["bash", "-c", service["startCommand"]]
