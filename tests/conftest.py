@@ -11,6 +11,7 @@ from tests import docker
 from tests.postgres import PostgresServer, start_server
 from tests.project import free_port, reuse_compiled_templates, snapshot
 from tests.pypi_json import pypi_json
+from tests.swarm import leave_if_the_run_joined
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -20,6 +21,7 @@ reuse_compiled_templates()
 def pytest_unconfigure(config: pytest.Config) -> None:
     """Once the whole run is over (in the process that ran it, not in an xdist worker)."""
     if not hasattr(config, "workerinput") and docker.engine_problem() is None:
+        leave_if_the_run_joined()
         docker.remove_run_images()
 
 

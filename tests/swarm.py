@@ -1,8 +1,9 @@
 """Drive a Docker Swarm stack of a generated project: deploy, roll out, watch, and a client that
 sends requests all along. Shared by tests/test_swarm.py and benchmarks/rollout.py.
 
-The engine is shared: the node joins a swarm only if it is in none, and leaves it only then;
-every stack, image and node label made here carries a unique name and is removed afterwards.
+The engine is shared: the node joins a swarm only if it is in none, and leaves it only then (a
+test run once all its tests are over); every stack, image and node label made here carries a
+unique name and is removed afterwards.
 """
 
 import contextlib
@@ -12,13 +13,14 @@ import os
 import socket
 import ssl
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.docker import DOCKER_ENV, docker, stack_client, unique_name
+from tests.docker import DOCKER_ENV, RUN, docker, stack_client, unique_name
 from tests.edge import DOMAIN
 from tests.project import free_port
 from tests.tls import https_get
@@ -46,16 +48,47 @@ ANSWERS = {
 
 @contextlib.contextmanager
 def swarm_node() -> Iterator[str]:
-    """This engine as a swarm manager; yields the node id. Leaves only a swarm it made."""
-    state = docker("info", "--format", "{{.Swarm.LocalNodeState}}").stdout.strip()
-    created = state == "inactive"
-    if created:
-        docker("swarm", "init", "--advertise-addr", "127.0.0.1")
+    """This engine as a swarm manager; yields the node id. Leaves only a swarm it made (for a
+    benchmark, which runs alone: a test run leaves once it is over, see `join_for_the_run`)."""
+    created = join()
     try:
-        yield docker("info", "--format", "{{.Swarm.NodeID}}").stdout.strip()
+        yield node_id()
     finally:
         if created:
             docker("swarm", "leave", "--force", check=False)
+
+
+def join() -> bool:
+    """Make this engine a swarm manager if it is in no swarm; say whether it was made here."""
+    state = docker("info", "--format", "{{.Swarm.LocalNodeState}}").stdout.strip()
+    if state != "inactive":
+        return False
+    docker("swarm", "init", "--advertise-addr", "127.0.0.1")
+    return True
+
+
+def node_id() -> str:
+    return docker("info", "--format", "{{.Swarm.NodeID}}").stdout.strip()
+
+
+# Leaving a swarm drops the engine's name records of the containers then running on bridge
+# networks: a compose stack started before it can no longer resolve `db`. So a test run leaves
+# only after its last test, in the process that ran them all (tests/conftest.py).
+MADE_BY_THE_RUN = Path(tempfile.gettempdir()) / f"template-tests-{RUN}-swarm"
+
+
+def join_for_the_run() -> str:
+    """This engine as a swarm manager until the test run is over; yields the node id."""
+    if join():
+        MADE_BY_THE_RUN.touch()
+    return node_id()
+
+
+def leave_if_the_run_joined() -> None:
+    """Once every test is over: leave the swarm the run made, and only that one."""
+    if MADE_BY_THE_RUN.exists():
+        docker("swarm", "leave", "--force", check=False)
+        MADE_BY_THE_RUN.unlink()
 
 
 def derived_image(base: str, dockerfile: str) -> str:

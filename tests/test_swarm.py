@@ -30,8 +30,8 @@ from tests.swarm import (
     Client,
     Stack,
     derived_image,
+    join_for_the_run,
     remove_images,
-    swarm_node,
 )
 from tests.tls import TestCA, http_get_as
 
@@ -69,20 +69,20 @@ def deployed(
     ca.issue(answers["domain"]).write(project / "certs")
     image = f"{slug}:1"
     docker("build", "-t", image, ".", cwd=project)
-    with swarm_node() as node:
-        for label in (f"{slug}.db=true", f"{slug}.proxy=true"):
-            docker("node", "update", "--label-add", label, node)
-        stack = Stack(project, slug.replace("-", ""), answers["domain"], ca.pem, project / "certs")
-        try:
-            stack.deploy(image)
-            stack.wait_converged(image, timeout=900)  # a cold start on a loaded machine
-            stack.wait_serving()
-            yield stack
-        finally:
-            stack.remove()
-            for label in (f"{slug}.db", f"{slug}.proxy"):
-                docker("node", "update", "--label-rm", label, node, check=False)
-            remove_images(slug)
+    node = join_for_the_run()
+    for label in (f"{slug}.db=true", f"{slug}.proxy=true"):
+        docker("node", "update", "--label-add", label, node)
+    stack = Stack(project, slug.replace("-", ""), answers["domain"], ca.pem, project / "certs")
+    try:
+        stack.deploy(image)
+        stack.wait_converged(image, timeout=900)  # a cold start on a loaded machine
+        stack.wait_serving()
+        yield stack
+    finally:
+        stack.remove()
+        for label in (f"{slug}.db", f"{slug}.proxy"):
+            docker("node", "update", "--label-rm", label, node, check=False)
+        remove_images(slug)
 
 
 def test_three_replicas_answer_through_the_proxy_after_one_migration(deployed: Stack) -> None:
