@@ -11,17 +11,21 @@ fixture), then prints, in one run:
 - per database, requests/s and p99 of the generated app's `GET /items/{id}` and `POST /items`
   and `/health`, next to the same read and create written as a bare async SQLAlchemy ORM
   endpoint (its own engine with SQLAlchemy's defaults, a session per request, a dict back;
-  aiosqlite on SQLite, installed into the benchmark's copy, as the generated app no longer
-  uses it) and the same read with the raw driver (sqlite3 and aiosqlite; asyncpg's pool) and,
-  on SQLite, with a synchronous SQLAlchemy session in a `def` endpoint (FastAPI's thread pool),
-  the kind of code the generated SQLite app is, and so its read's bare reference. All are routes of
+  aiosqlite on SQLite, installed into the benchmark's copy, as the generated app no longer uses
+  it) and the same read with the raw driver (sqlite3 and aiosqlite; asyncpg's pool) and, on
+  SQLite, with a synchronous SQLAlchemy session in a `def` endpoint (FastAPI's thread pool), the
+  kind of code the generated SQLite app is, and so its read's bare reference, and that read with
+  each of the two FastAPI features the generated read adds (its `response_model`, whose
+  validation FastAPI runs in a second thread hand-off for a `def` route, and its `yield` session
+  dependency), to show what each costs, and the read as FastAPI's SQL tutorial writes it (a
+  `def` generator dependency yielding the Session, the model as return type). All are routes of
   one Uvicorn process (the image's command line, one process): the benchmark's endpoints are
   added to the generated app, so they pass through the same middleware. Uvicorn runs pinned on
   CPU 0 and `wrk` on CPU 1, against 127.0.0.1, for --seconds per run; each round runs every
-  endpoint once in turn, and the median of --rounds rounds is printed, with the server
-  process's CPU time per request (all its threads, aiosqlite's too), steadier than requests/s
-  on a busy machine. With --base REV the template at REV is rendered too, and its read and
-  create are measured in the same rounds (a second process on the same core);
+  endpoint once in turn, and the median of --rounds rounds is printed, with the server process's
+  CPU time per request (all its threads, aiosqlite's too), steadier than requests/s on a busy
+  machine. With --base REV the template at REV is rendered too, and its read and create are
+  measured in the same rounds (a second process on the same core);
 - the round trips each read costs on PostgreSQL: the same endpoints served through a relay that
   counts the client's round trips on the wire (tests/pgwire.py), with the SQL each carried.
 
@@ -142,6 +146,51 @@ def sync_sqlalchemy_read(item_id: int):
     return {"id": item.id, "name": item.name, "description": item.description}
 
 
+# The sync read with one of FastAPI's features the generated read uses, each alone: what
+# they cost. A `def` route's response_model is validated in a second thread hand-off (FastAPI
+# runs it in the thread pool); a `yield` dependency enters and leaves its own context.
+from typing import Annotated
+
+from fastapi import Depends
+
+from app.db import SessionDep
+from app.models import ItemRead
+
+
+@router.get("/sync-sqlalchemy-model/items/{item_id}", response_model=ItemRead)
+def sync_sqlalchemy_model_read(item_id: int) -> Item:
+    with SyncSession(sync_engine) as session:
+        item = session.get(Item, item_id)
+    if item is None:
+        raise HTTPException(404)
+    return item
+
+
+@router.get("/sync-sqlalchemy-dependency/items/{item_id}")
+def sync_sqlalchemy_dependency_read(item_id: int, session: SessionDep):
+    item = session.get(Item, item_id)
+    if item is None:
+        raise HTTPException(404)
+    return {"id": item.id, "name": item.name, "description": item.description}
+
+
+# The read as FastAPI's SQL tutorial writes it: a `def` generator dependency yielding a
+# Session (FastAPI enters and leaves it in the thread pool) and the model as return type.
+def tutorial_session():
+    with SyncSession(sync_engine) as session:
+        yield session
+
+
+@router.get("/tutorial/items/{item_id}")
+def tutorial_read(
+    item_id: int, session: Annotated[SyncSession, Depends(tutorial_session)]
+) -> ItemRead:
+    item = session.get(Item, item_id)
+    if item is None:
+        raise HTTPException(404)
+    return item
+
+
 @router.get("/aiosqlite/items/{item_id}")
 async def aiosqlite_read(item_id: int):
     connection = await once("aiosqlite", lambda: aiosqlite.connect(PATH))
@@ -205,9 +254,17 @@ SYNC_READ = Endpoint("sync SQLAlchemy read (def)", "/bench/sync-sqlalchemy/items
 BARE_READS = {"sqlite": SYNC_READ, "postgresql": BARE_READ}
 CREATE = Endpoint("POST /items", "/items", post=True)
 BARE_CREATE = Endpoint("bare SQLAlchemy create", "/bench/sqlalchemy/items", post=True)
+# On SQLite: the sync read with the generated read's response_model, or with its session
+# dependency (each alone): what FastAPI's features cost beside SQLAlchemy's read.
+WITH_MODEL = Endpoint("sync read + response_model", "/bench/sync-sqlalchemy-model/items/1")
+WITH_DEPENDENCY = Endpoint("sync read + SessionDep", "/bench/sync-sqlalchemy-dependency/items/1")
+TUTORIAL = Endpoint("FastAPI tutorial's sync read", "/bench/tutorial/items/1")
 DRIVERS = {
     "sqlite": [
         SYNC_READ,
+        WITH_MODEL,
+        WITH_DEPENDENCY,
+        TUTORIAL,
         Endpoint("sqlite3 read", "/bench/sqlite3/items/1"),
         Endpoint("aiosqlite read", "/bench/aiosqlite/items/1"),
     ],
@@ -531,10 +588,13 @@ def report(
                 compared.append((BARE_READS[database].label, bare, READ_TARGET))
                 if database == "sqlite":
                     compared.append(("/health", health, HEALTH_TARGET))
+                    compared.append((TUTORIAL.label, figures[TUTORIAL.label], 0))
             elif database == "sqlite" and "SQLAlchemy read" in label:
                 # How far SQLAlchemy itself gets from /health: async (aiosqlite's thread
                 # hand-offs) and synchronous (one hand-off, FastAPI's thread pool).
                 compared.append(("/health", health, 0))
+            elif label in (WITH_MODEL.label, WITH_DEPENDENCY.label, TUTORIAL.label):
+                compared.append((SYNC_READ.label, bare, 0))
             elif label.startswith(CREATE.label):
                 compared.append(("bare SQLAlchemy create", figures[BARE_CREATE.label], 0))
             if not compared:
