@@ -16,7 +16,7 @@ import functools
 import itertools
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -595,19 +595,26 @@ def answers_of(row: Row) -> dict[str, Any]:
 COMPOSE = "compose"
 
 
-def run_for_real(
-    target: str, groups: list[tuple[str, ...]], where: Row | None = None
-) -> list[dict[str, Any]]:
+# What a test asks of the projects it runs: answers they must give, or a predicate on their row.
+Where = Row | Callable[[Row], bool] | None
+
+
+def _holds(row: Row, where: Where) -> bool:
+    if callable(where):
+        return where(row)
+    return all(row[name] == value for name, value in (where or {}).items())
+
+
+def run_for_real(target: str, groups: list[tuple[str, ...]], where: Where = None) -> list[Row]:
     """A handful of the array's projects with this deployment target (COMPOSE: any project)
-    and the answers `where` gives (what a test needs, as a Swarm test the proxy whose
-    configuration it edits), chosen so that each combination of values of each group of
-    questions that they hold is in one of them: as few as can be (a greedy choice, or a smaller
-    one where a search finds it)."""
+    and the answers `where` gives, or whose row it holds for (what a test needs, as a Swarm
+    test the proxy whose configuration it edits, or what the machine can run), chosen so that
+    each combination of values of each group of questions that they hold is in one of them: as
+    few as can be (a greedy choice, or a smaller one where a search finds it)."""
     rows = [
         row
         for row in covering_array().rows
-        if (target == COMPOSE or target in row["deploy_targets"])
-        and all(row[name] == value for name, value in (where or {}).items())
+        if (target == COMPOSE or target in row["deploy_targets"]) and _holds(row, where)
     ]
     assert rows, f"no project of the array deploys to {target} with {where}"
     held = [set(_tuples(row, groups)) for row in rows]
@@ -615,8 +622,8 @@ def run_for_real(
 
 
 def run_for_real_together(
-    targets: list[str], groups: list[tuple[str, ...]], where: Row | None = None
-) -> list[dict[str, Any]]:
+    targets: list[str], groups: list[tuple[str, ...]], where: Where = None
+) -> list[Row]:
     """run_for_real for several targets at once, sharing projects: as few of the array's
     projects as hold, for each target, every combination of each group that the array's
     projects with that target hold. A project with several of the targets counts for each, so
@@ -624,8 +631,7 @@ def run_for_real_together(
     rows = [
         row
         for row in covering_array().rows
-        if set(targets) & set(row["deploy_targets"] or [])
-        and all(row[name] == value for name, value in (where or {}).items())
+        if set(targets) & set(row["deploy_targets"] or []) and _holds(row, where)
     ]
     assert rows, f"no project of the array deploys to any of {targets} with {where}"
     held = [
@@ -697,6 +703,45 @@ def platform_projects() -> tuple[dict[str, Any], ...]:
     return tuple(
         lockable_here(answers)
         for answers in run_for_real_together(platform_targets(), PLATFORM_GROUPS)
+    )
+
+
+# The Python of the Debian machine tests/test_server.py installs on (tests/images/server):
+# Debian 12's own, as uv may download no other Python here.
+SERVER_PYTHON = "3.11"
+
+
+def public_domain(row: Row) -> bool:
+    """Whether a row's proxy obtains a certificate for a public name from an ACME CA (a domain
+    other than FREE_TEXT_CLASSES' default class, localhost)."""
+    return row.get("domain") not in {None, FREE_TEXT_CLASSES["domain"][0]}
+
+
+def installable_here(row: Row) -> bool:
+    """Whether the Debian machine can run a server row for real: Debian 12's Python, and no
+    public domain (no ACME CA answers here; its site is checked statically instead)."""
+    return row["python_version"] == SERVER_PYTHON and not public_domain(row)
+
+
+# What the server projects run for real cover, among the rows this machine can run
+# (`installable_here`): each tool (install.sh installs with it), each proxy with each process
+# model (its HTTPS site and the forwarded client address, or the socket itself; Gunicorn's
+# reload or one Uvicorn process behind it: a proxy on the machine sends again what a stopping
+# worker closed), each database with and without migrations (the README's database commands,
+# the migration unit).
+SERVER_GROUPS = [
+    ("dependency_tool",),
+    ("reverse_proxy", "process_model"),
+    ("database", "migrations"),
+]
+
+
+@functools.cache
+def server_projects() -> tuple[dict[str, Any], ...]:
+    """The array's projects that tests/test_server.py installs on a Debian machine each."""
+    return tuple(
+        lockable_here(answers)
+        for answers in run_for_real("server", SERVER_GROUPS, installable_here)
     )
 
 
