@@ -5,16 +5,19 @@ tmpfs on /run; no --privileged), with nginx, Caddy, PostgreSQL, the distribution
 Poetry installed as an administrator would (tests/images/server). The projects installed are the
 covering array's (issue 22): `server_projects()` (tests/covering.py) picks as few of the array's
 server projects that this machine can run (Debian 12's Python 3.11, no public domain: no ACME CA
-answers here) as hold every dependency tool, process model, reverse proxy, and database with and
-without migrations that those projects hold. Each is installed on a machine of its own, by the
-commands its deploy/server/README.md prints (the README's database commands for PostgreSQL), and
-each test runs on every one its answers make it meaningful for (it is skipped on the others):
+answers here) as hold every dependency tool, each reverse proxy with each process model, and each
+database with and without migrations that those projects hold. Each is installed on a machine of
+its own, by the commands its deploy/server/README.md prints (the README's database commands for
+PostgreSQL), and each test runs on every one its answers make it meaningful for (it is skipped on
+the others):
 - all: the socket starts the app on the first request, after the migration unit ran once where
   there are migrations; a stop is graceful and the socket starts the app again, a restart
-  refuses no connection; the access lines are in the journal with the client's address (the
-  one nginx or Caddy forwards, or the socket's peer; from an external proxy's addresses only);
+  refuses no connection, and behind nginx or Caddy (which send again a request a stopping
+  process closed unanswered) loses none; the access lines are in the journal with the client's
+  address (the one nginx or Caddy forwards, or the socket's peer; from an external proxy's
+  addresses only);
 - workers: a reload under a stream of requests replaces Gunicorn's workers, the main process
-  staying, and refuses no connection;
+  staying, refuses no connection and, behind nginx or Caddy, loses no request;
 - nginx or Caddy: HTTPS trusting only the certificate install.sh made or Caddy's local CA;
 - PostgreSQL: items stored and read, in the database the README made, at the head revision.
 Every server project's units in the array pass `systemd-analyze verify` without a word and rate
