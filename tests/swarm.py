@@ -68,6 +68,7 @@ def join() -> bool:
 
 
 def node_id() -> str:
+    """This engine's id as a swarm node."""
     return docker("info", "--format", "{{.Swarm.NodeID}}").stdout.strip()
 
 
@@ -78,7 +79,7 @@ MADE_BY_THE_RUN = Path(tempfile.gettempdir()) / f"template-tests-{RUN}-swarm"
 
 
 def join_for_the_run() -> str:
-    """This engine as a swarm manager until the test run is over; yields the node id."""
+    """This engine as a swarm manager until the test run is over; returns the node id."""
     if join():
         MADE_BY_THE_RUN.touch()
     return node_id()

@@ -103,16 +103,8 @@ def ready_status(port: int, timeout: float = 60) -> int:
 @pytest.mark.docker
 def test_compose_passes_secrets_as_files_absent_from_docker_inspect(stack: Stack) -> None:
     if ready_status(stack.port) != 200:
-        app = docker(
-            "ps",
-            "-aq",
-            "--filter",
-            f"label=com.docker.compose.project={stack.name}",
-            "--filter",
-            "label=com.docker.compose.service=app",
-        ).stdout.split()
-        logs = docker("logs", *app[:1], check=False) if app else None
-        raise AssertionError(f"the app never reached the db: {logs and logs.stdout + logs.stderr}")
+        logs = docker("compose", "-p", stack.name, "logs", "app", cwd=stack.project, check=False)
+        raise AssertionError(f"the app never reached the db: {logs.stdout + logs.stderr}")
     containers = docker(
         "ps", "-aq", "--filter", f"label=com.docker.compose.project={stack.name}"
     ).stdout.split()

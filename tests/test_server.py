@@ -86,6 +86,11 @@ def postgresql(answers: Answers) -> bool:
     return answers["database"] == "postgresql"
 
 
+def migrates(answers: Answers) -> bool:
+    """Whether the migration unit runs: migrations, and a database to run them on."""
+    return bool(answers.get("migrations")) and answers["database"] != "none"
+
+
 def on_the_socket(answers: Answers) -> bool:
     """Whether clients reach the socket itself: no proxy, or an external one."""
     return not in_front(answers)
@@ -270,7 +275,7 @@ def machine(
     only the certificate its proxy serves: the one install.sh made for nginx, Caddy's local CA."""
     answers: Answers = request.param
     with installed(server_image, template, tmp_path_factory, answers) as machine:
-        if answers["reverse_proxy"] == "nginx":
+        if nginx(answers):
             certificate = f"/etc/{machine.slug}/tls/fullchain.pem"
         elif answers["reverse_proxy"] == "caddy":
             deadline = time.monotonic() + 30
@@ -410,14 +415,14 @@ def first_start(machine: Machine) -> FirstStart:
     paths = ["/health"] + (["/items"] if machine.answers["database"] != "none" else [])
     statuses = [machine.get(path) for path in paths]  # the table the migration made
     migration = f"{slug}-migrate.service"
-    migrates = machine.answers.get("migrations") and machine.answers["database"] != "none"
+    migrated = migrates(machine.answers)
     return FirstStart(
         before=before,
         statuses=statuses,
         after=machine.show(f"{slug}.service", "ActiveState"),
-        migration_result=machine.show(migration, "Result") if migrates else "",
+        migration_result=machine.show(migration, "Result") if migrated else "",
         migrated_at=int(machine.show(migration, "ExecMainExitTimestampMonotonic"))
-        if migrates
+        if migrated
         else 0,
         started_at=int(machine.show(f"{slug}.service", "ExecMainStartTimestampMonotonic")),
         migration_runs=sum(line.startswith("Finished ") for line in machine.journal(migration)),
@@ -432,7 +437,7 @@ def test_the_socket_starts_the_app_on_the_first_request_after_the_migration(
     assert first_start.before == ("active", "inactive")
     assert set(first_start.statuses) == {200}
     assert first_start.after == "active"
-    if machine.answers.get("migrations") and machine.answers["database"] != "none":
+    if migrates(machine.answers):
         assert first_start.migration_result == "success"
         assert 0 < first_start.migrated_at < first_start.started_at
         assert first_start.migration_runs == 1

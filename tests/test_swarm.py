@@ -31,6 +31,7 @@ from tests.swarm import (
     Stack,
     derived_image,
     join_for_the_run,
+    node_id,
     remove_images,
 )
 from tests.tls import TestCA, http_get_as
@@ -258,7 +259,7 @@ def test_traefik_and_caddy_serve_https_in_front_of_the_replicas(
         write_certificate = [sys.executable, str(REPO / "hooks" / "write_certificate.py")]
         subprocess.run(write_certificate, cwd=project, check=True, capture_output=True)
         tls_dir = project / "certs"
-    node = docker("info", "--format", "{{.Swarm.NodeID}}").stdout.strip()
+    node = node_id()
     for label in (f"{slug}.db=true", f"{slug}.proxy=true"):
         docker("node", "update", "--label-add", label, node)
     trust = (tls_dir / "fullchain.pem").read_bytes() if tls_dir else None
