@@ -706,11 +706,6 @@ def platform_projects() -> tuple[dict[str, Any], ...]:
     )
 
 
-# The Python of the Debian machine tests/test_server.py installs on (tests/images/server):
-# Debian 12's own, as uv may download no other Python here.
-SERVER_PYTHON = "3.11"
-
-
 def public_domain(row: Row) -> bool:
     """Whether a row's proxy obtains a certificate for a public name from an ACME CA (a domain
     other than FREE_TEXT_CLASSES' default class, localhost)."""
@@ -718,19 +713,21 @@ def public_domain(row: Row) -> bool:
 
 
 def installable_here(row: Row) -> bool:
-    """Whether the Debian machine can run a server row for real: Debian 12's Python, and no
-    public domain (no ACME CA answers here; its site is checked statically instead)."""
-    return row["python_version"] == SERVER_PYTHON and not public_domain(row)
+    """Whether the Debian machine can run a server row for real: no public domain (no ACME CA
+    answers here; its site is checked statically instead). It has each Python the template
+    offers (tests/images/server)."""
+    return not public_domain(row)
 
 
 # What the server projects run for real cover, among the rows this machine can run
-# (`installable_here`): each tool (install.sh installs with it), each proxy with each process
-# model (its HTTPS site and the forwarded client address, or the socket itself; Gunicorn's
-# reload or one Uvicorn process behind it: a proxy on the machine sends again what a stopping
-# worker closed), each database with and without migrations (the README's database commands,
-# the migration unit).
+# (`installable_here`): each tool (install.sh installs with it), each Python (the one the
+# virtual environment is made with), each proxy with each process model (its HTTPS site and the
+# forwarded client address, or the socket itself; Gunicorn's reload or one Uvicorn process
+# behind it: a proxy on the machine sends again what a stopping worker closed), each database
+# with and without migrations (the README's database commands, the migration unit).
 SERVER_GROUPS = [
     ("dependency_tool",),
+    ("python_version",),
     ("reverse_proxy", "process_model"),
     ("database", "migrations"),
 ]

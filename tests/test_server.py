@@ -1,12 +1,13 @@
 """The Linux server target: systemd units, the proxy's site and the install script, for real.
 
 A Debian machine with systemd as PID 1 runs in Docker (`--cgroupns=private --cap-add SYS_ADMIN`,
-tmpfs on /run; no --privileged), with nginx, Caddy, PostgreSQL, the distribution's Python, uv and
-Poetry installed as an administrator would (tests/images/server). The projects installed are the
-covering array's (issue 22): `server_projects()` (tests/covering.py) picks as few of the array's
-server projects that this machine can run (Debian 12's Python 3.11, no public domain: no ACME CA
-answers here) as hold every dependency tool, each reverse proxy with each process model, and each
-database with and without migrations that those projects hold. Each is installed on a machine of
+tmpfs on /run; no --privileged), with nginx, Caddy, PostgreSQL, the distribution's Python 3.11,
+Pythons 3.12 and 3.13 in /usr/local, uv and Poetry installed as an administrator would
+(tests/images/server). The projects installed are the covering array's (issue 22):
+`server_projects()` (tests/covering.py) picks as few of the array's server projects that this
+machine can run (no public domain: no ACME CA answers here) as hold every dependency tool, every
+Python, each reverse proxy with each process model, and each database with and without
+migrations that those projects hold. Each is installed on a machine of
 its own, by the commands its deploy/server/README.md prints (the README's database commands for
 PostgreSQL), and each test runs on every one its answers make it meaningful for (it is skipped on
 the others):
