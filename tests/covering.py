@@ -16,7 +16,7 @@ import functools
 import itertools
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -605,19 +605,26 @@ def _holds(row: Row, where: Where) -> bool:
     return all(row[name] == value for name, value in (where or {}).items())
 
 
-def run_for_real(target: str, groups: list[tuple[str, ...]], where: Where = None) -> list[Row]:
+def run_for_real(
+    target: str,
+    groups: list[tuple[str, ...]],
+    where: Where = None,
+    besides: Sequence[Row] = (),
+) -> list[Row]:
     """A handful of the array's projects with this deployment target (COMPOSE: any project)
     and the answers `where` gives, or whose row it holds for (what a test needs, as a Swarm
     test the proxy whose configuration it edits, or what the machine can run), chosen so that
-    each combination of values of each group of questions that they hold is in one of them: as
-    few as can be (a greedy choice, or a smaller one where a search finds it)."""
+    each combination of values of each group of questions that they hold is in one of them or
+    in a project `besides` (one a test runs already): as few as can be (a greedy choice, or a
+    smaller one where a search finds it)."""
     rows = [
         row
         for row in covering_array().rows
         if (target == COMPOSE or target in row["deploy_targets"]) and _holds(row, where)
     ]
     assert rows, f"no project of the array deploys to {target} with {where}"
-    held = [set(_tuples(row, groups)) for row in rows]
+    done = {t for row in besides for t in _tuples(row, groups)}
+    held = [set(_tuples(row, groups)) - done for row in rows]
     return [answers_of(rows[index]) for index in _fewest(held)]
 
 

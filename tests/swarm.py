@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+
 from tests.docker import DOCKER_ENV, RUN, docker, stack_client, unique_name
 from tests.edge import DOMAIN
 from tests.project import free_port
@@ -130,6 +132,9 @@ class Stack:
     tls_dir: Path | None = None
     http_port: int = field(default_factory=free_port)
     https_port: int = field(default_factory=free_port)
+    # Without a proxy the app publishes its port through the routing mesh, on every address of
+    # the node; a test that reaches the replicas from inside them deploys it unpublished.
+    without_published_app: bool = False
 
     def get(self, path: str) -> int:
         """The status of an HTTPS request through the proxy, for `domain` (SNI and Host)."""
@@ -149,6 +154,20 @@ class Stack:
         finally:
             connection.close()
 
+    def settings(self) -> dict[str, str]:
+        """The variables of .env, read by the README's own command where it has one (the
+        stack's file interpolates some, as a proxy's ACME_EMAIL)."""
+        readme = (self.project / "deploy" / "swarm" / "README.md").read_text()
+        found = [line for line in readme.splitlines() if line.startswith("set -a && . ./.env")]
+        if not found:
+            return {}
+        script = found[0].split("#")[0] + " && env -0"
+        result = subprocess.run(
+            ["sh", "-c", script], cwd=self.project, capture_output=True, text=True, check=True
+        )
+        pairs = (item.partition("=") for item in result.stdout.split("\0") if item)
+        return {name: value for name, _, value in pairs}
+
     def configs_version(self) -> dict[str, str]:
         """CONFIGS_VERSION, computed by the README's own command (no proxy, no configs)."""
         readme = (self.project / "deploy" / "swarm" / "README.md").read_text()
@@ -165,6 +184,7 @@ class Stack:
     def deploy(self, image: str) -> None:
         env = {
             **os.environ,
+            **self.settings(),
             **self.configs_version(),
             "IMAGE": image,
             "HTTP_PORT": str(self.http_port),
@@ -172,6 +192,11 @@ class Stack:
             **({"TLS_DIR": str(self.tls_dir)} if self.tls_dir else {}),
         }
         stack_file = self.project / "deploy" / "swarm" / "compose.yaml"
+        if self.without_published_app:
+            stack = yaml.safe_load(stack_file.read_text())
+            stack["services"]["app"].pop("ports", None)
+            stack_file = stack_file.with_name("compose.unpublished.yaml")
+            stack_file.write_text(yaml.safe_dump(stack, sort_keys=False))
         command = [stack_client(), "stack", "deploy", "--resolve-image", "never", "-c"]
         result = subprocess.run(
             [*command, str(stack_file), self.name],

@@ -8,7 +8,9 @@ entrypoints in turn), the secret reaches them as a file and is in no container's
 inspect`, `/metrics` answers inside a replica where metrics are on. A new image rolls out one
 replica at a time, start-first, while a client keeps sending requests through the proxy: none
 fails. An image whose health check fails rolls back by itself, and the service answers all
-along.
+along. Besides it, the array's Swarm projects that with it hold each process model with each
+metrics answer and each database are deployed as their stacks declare, and their replicas run
+locked down and answer /ready (or /health) and /metrics where on.
 """
 
 import functools
@@ -17,6 +19,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -115,11 +118,11 @@ def test_secret_is_a_file_of_the_app_user_and_in_no_inspect(deployed: Stack) -> 
     assert mode.split() == ["400", "10001"]
 
 
-# /metrics's status inside a replica, and its text.
-METRICS = """
+# A path's status inside a replica, and its text.
+INSIDE = """
 import urllib.error, urllib.request
 try:
-    response = urllib.request.urlopen("http://127.0.0.1:8000/metrics")
+    response = urllib.request.urlopen("http://127.0.0.1:8000{path}")
     print(response.status, response.read().decode())
 except urllib.error.HTTPError as error:
     print(error.code)
@@ -127,20 +130,63 @@ except urllib.error.HTTPError as error:
 
 
 def test_replicas_run_locked_down_and_answer_metrics_where_on(deployed: Stack) -> None:
+    assert_locked_down_and_serving(deployed, DEPLOYED)
+
+
+def assert_locked_down_and_serving(stack: Stack, answers: dict[str, Any]) -> None:
     """As the stack runs them: root read-only, every capability dropped, the image's user; and
-    /metrics answers (every worker writing its samples to the stack's tmpfs) from inside a
-    replica, as the README says with a proxy in front, or is not there without metrics."""
-    label = f"label=com.docker.swarm.service.name={deployed.service('app')}"
+    from inside a replica (as the README says with a proxy in front) /ready answers (the
+    database reached; /health without one) and /metrics too (every worker writing its samples
+    to the stack's tmpfs), or is not there without metrics."""
+    label = f"label=com.docker.swarm.service.name={stack.service('app')}"
     replicas = docker("ps", "-q", "--filter", label).stdout.split()
     for found in json.loads(docker("inspect", *replicas).stdout):
         assert found["HostConfig"]["ReadonlyRootfs"] is True
         assert found["HostConfig"]["CapDrop"] == ["ALL"]
         assert found["Config"]["User"].split(":")[0] == "10001"
-    answered = docker("exec", replicas[0], "python", "-c", METRICS).stdout
-    if DEPLOYED["metrics"] == "prometheus":
+    probe = "/health" if answers["database"] == "none" else "/ready"
+    ready = docker("exec", replicas[0], "python", "-c", INSIDE.format(path=probe)).stdout
+    assert ready.startswith("200 "), f"{ready}\n{stack.diagnose()}"
+    answered = docker("exec", replicas[0], "python", "-c", INSIDE.format(path="/metrics")).stdout
+    if answers["metrics"] == "prometheus":
         assert answered.startswith("200 ") and "http_requests_total" in answered, answered
     else:
         assert answered.strip() == "404", answered
+
+
+# The others of the array's Swarm projects that, with the one deployed above, hold each process
+# model with each metrics answer and each database (run_for_real). Their images are built with
+# uv whatever the tool: the replicas run the same server on the same files (test_projects locks
+# and runs every tool).
+OTHERS = [
+    {**answers, "dependency_tool": "uv", "package_index": ""}
+    for answers in run_for_real(
+        "swarm", [("process_model", "metrics"), ("database",)], besides=[DEPLOYED]
+    )
+]
+
+
+@pytest.mark.parametrize("answers", OTHERS, ids=combination_id)
+def test_the_stack_of_each_other_chosen_project_runs_locked_down(
+    answers: dict[str, Any], template: Path, tmp_path: Path
+) -> None:
+    """Each is deployed as its stack declares (its database and migration job included; the
+    proxy, tested above, left unplaced) and its three replicas run locked down and serve."""
+    slug = unique_name("tt-swarm-array")
+    project = render(template, tmp_path / "project", {**answers, "project_slug": slug}, tasks=True)
+    image = f"{slug}:1"
+    docker("build", "-t", image, ".", cwd=project)
+    node = join_for_the_run()
+    docker("node", "update", "--label-add", f"{slug}.db=true", node)
+    stack = Stack(project, slug.replace("-", ""), without_published_app=True)
+    try:
+        stack.deploy(image)
+        stack.wait_converged(image, timeout=600)
+        assert_locked_down_and_serving(stack, answers)
+    finally:
+        stack.remove()
+        docker("node", "update", "--label-rm", f"{slug}.db", node, check=False)
+        remove_images(slug)
 
 
 def test_rollout_of_a_new_image_fails_no_request(deployed: Stack) -> None:
@@ -252,8 +298,11 @@ def test_traefik_and_caddy_serve_https_in_front_of_the_replicas(
         "project_slug": slug,
     }
     project = render(template, tmp_path / "project", answers)
+    # The copy's tasks but the lock (the image is the one above): .env, the secret.
+    write_env = [sys.executable, str(REPO / "hooks" / "write_env.py")]
     write_secrets = [sys.executable, str(REPO / "hooks" / "write_secrets.py"), "postgres_password"]
-    subprocess.run(write_secrets, cwd=project, check=True, capture_output=True)
+    for task in (write_env, write_secrets):
+        subprocess.run(task, cwd=project, check=True, capture_output=True)
     tls_dir = None
     if proxy == "traefik":
         write_certificate = [sys.executable, str(REPO / "hooks" / "write_certificate.py")]
