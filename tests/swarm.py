@@ -212,6 +212,11 @@ class Stack:
         deadline = time.monotonic() + 90
         label = f"label=com.docker.stack.namespace={self.name}"
         while time.monotonic() < deadline:
+            # The containers of a job's finished tasks (the migration) outlive `docker stack
+            # rm`: remove them, as `docker container prune` would.
+            exited = docker("ps", "-aq", "--filter", label, "--filter", "status=exited").stdout
+            if exited.split():
+                docker("rm", *exited.split(), check=False)
             left = docker("ps", "-aq", "--filter", label).stdout.split()
             networks = docker("network", "ls", "-q", "--filter", label).stdout.split()
             if not left and not networks:
