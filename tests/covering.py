@@ -720,9 +720,10 @@ def public_domain(row: Row) -> bool:
 
 
 def installable_here(row: Row) -> bool:
-    """Whether the Debian machine can run a server row for real: no public domain (no ACME CA
-    answers here; its site is checked statically instead). It has each Python the template
-    offers (tests/images/server)."""
+    """Whether a row is among those the Debian machines run for real with the tests of
+    SERVER_GROUPS: no public domain, whose certificate comes from an ACME CA (tests/test_server.py
+    runs those apart, one per proxy, with a test CA). It has each Python the template offers
+    (tests/images/server)."""
     return not public_domain(row)
 
 

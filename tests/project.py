@@ -175,9 +175,26 @@ def readme_block(readme: str, section: str) -> list[str]:
     command continued with a trailing backslash joined into one line)."""
     text = readme[readme.index(f"\n## {section}\n") :]
     block = text[text.index("```sh\n") + len("```sh\n") :]
+    return _commands(block[: block.index("```")])
+
+
+def readme_blocks(readme: str, section: str) -> list[list[str]]:
+    """The commands of each sh block of a `## ` section of a README, in order (as
+    readme_block)."""
+    text = readme[readme.index(f"\n## {section}\n") + 1 :]
+    text = text.split("\n## ", 1)[0]
+    blocks = []
+    while "```sh\n" in text:
+        text = text[text.index("```sh\n") + len("```sh\n") :]
+        blocks.append(_commands(text[: text.index("```")]))
+        text = text[text.index("```") + len("```") :]
+    return blocks
+
+
+def _commands(block: str) -> list[str]:
     commands: list[str] = []
     continued = False
-    for line in block[: block.index("```")].splitlines():
+    for line in block.splitlines():
         if continued:
             commands[-1] += " " + line.strip()
         else:

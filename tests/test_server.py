@@ -5,9 +5,9 @@ tmpfs on /run; no --privileged), with nginx, Caddy, PostgreSQL, the distribution
 Pythons 3.12 and 3.13 in /usr/local, uv and Poetry installed as an administrator would
 (tests/images/server). The projects installed are the covering array's (issue 22):
 `server_projects()` (tests/covering.py) picks as few of the array's server projects that this
-machine can run (no public domain: no ACME CA answers here) as hold every dependency tool, every
-Python, each reverse proxy with each process model, and each database with and without
-migrations that those projects hold. Each is installed on a machine of
+machine can run (no public domain: those are below) as hold every dependency tool, every Python,
+each reverse proxy with each process model, and each database with and without migrations that
+those projects hold. Each is installed on a machine of
 its own, by the commands its deploy/server/README.md prints (the README's database commands for
 PostgreSQL), and each test runs on every one its answers make it meaningful for (it is skipped on
 the others):
@@ -22,7 +22,10 @@ the others):
 - nginx or Caddy: HTTPS trusting only the certificate install.sh made or Caddy's local CA;
 - PostgreSQL: items stored and read, in the database the README made, at the head revision.
 Every server project's units in the array pass `systemd-analyze verify` without a word and rate
-at most 2.0 with `systemd-analyze security`, and so do the installed ones.
+at most 2.0 with `systemd-analyze security`, and so do the installed ones. The array's server
+projects with a public name, one per proxy on the machine, are installed on a machine that an
+ACME CA (pebble, with its DNS) reaches: nginx's certificate obtained by certbot as the README
+says, and renewed while nginx serves, Caddy's by Caddy.
 """
 
 import contextlib
@@ -30,6 +33,7 @@ import json
 import re
 import ssl
 import subprocess
+import tempfile
 import threading
 import time
 import urllib.error
@@ -49,10 +53,15 @@ from tests.covering import (
     compose_proxies,
     covering_array,
     installable_here,
+    lockable_here,
+    public_domain,
+    run_for_real,
     server_projects,
 )
-from tests.docker import docker, require_engine, unique_name
-from tests.project import readme_block, render, run
+from tests.docker import docker, free_subnet, require_engine, unique_name
+from tests.edge import build_tools_image
+from tests.project import readme_block, readme_blocks, render, run
+from tests.tls import TestCA, https_get
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -193,11 +202,11 @@ def server_image() -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def booted(image: str, prefix: str, port: int) -> Iterator[str]:
+def booted(image: str, prefix: str, port: int, run_args: tuple[str, ...] = ()) -> Iterator[str]:
     """A machine (its container's name) with systemd running, `port` published on 127.0.0.1."""
     name = unique_name(prefix)
     docker(
-        "run", "-d", "--name", name, "--cgroupns=private", "--cap-add", "SYS_ADMIN",
+        "run", "-d", "--name", name, *run_args, "--cgroupns=private", "--cap-add", "SYS_ADMIN",
         "--tmpfs", "/run", "--tmpfs", "/run/lock", "-p", f"127.0.0.1::{port}", image,
     )  # fmt: skip
     try:
@@ -215,9 +224,15 @@ def booted(image: str, prefix: str, port: int) -> Iterator[str]:
 
 @contextlib.contextmanager
 def installed(
-    image: str, template: Path, tmp: pytest.TempPathFactory, answers: Answers
+    image: str,
+    template: Path,
+    tmp: pytest.TempPathFactory,
+    answers: Answers,
+    run_args: tuple[str, ...] = (),
+    prepare: Callable[[str], None] | None = None,
 ) -> Iterator[Machine]:
-    """A machine booted and the project installed by the commands of its
+    """A machine booted (`docker run` with `run_args`, then `prepare` given its name: what the
+    administrator set up) and the project installed by the commands of its
     deploy/server/README.md: nothing started yet but the socket, published on 127.0.0.1 (the
     proxy's HTTPS port, or the socket's)."""
     project = tmp.mktemp("server") / "project"
@@ -235,19 +250,24 @@ def installed(
     slug = yaml.safe_load((project / ".copier-answers.yml").read_text())["project_slug"]
     readme = (project / "deploy" / "server" / "README.md").read_text()
     port = 443 if in_front(answers) else 8000
-    with booted(image, f"server-array-{slug}", port) as name:
+    with booted(image, f"server-array-{slug}", port, run_args) as name:
         # systemd mounts a unit's credentials in a namespace of its own and needs /run to pass
         # the mount back (shared, as on a booted machine; Docker's tmpfs is private).
         docker("exec", name, "mount", "--make-shared", "/run")
+        if prepare is not None:
+            prepare(name)
         docker("cp", f"{project}/.", f"{name}:/root/{slug}")
         if postgresql(answers):
             commands = "\n".join(readme_block(readme, "The database"))
             docker("exec", "-w", f"/root/{slug}", name, "sh", "-eu", "-c", commands)
+        # The section's commands before install.sh's (nginx's certificate for a public name).
+        *first, (install, *_) = readme_blocks(readme, "Install and upgrade")
+        for block in first:
+            docker("exec", "-w", f"/root/{slug}", name, "sh", "-eu", "-c", "\n".join(block))
+        assert install == "sh deploy/server/install.sh"
         # This machine reaches PyPI through a TLS-intercepting proxy whose CA is in the system
         # store, which uv, pip and Poetry read when told to.
         store = "/etc/ssl/certs/ca-certificates.crt"
-        install = readme_block(readme, "Install and upgrade")[0]
-        assert install == "sh deploy/server/install.sh"
         docker(
             "exec", "-w", f"/root/{slug}", "-e", f"SSL_CERT_FILE={store}",
             "-e", f"PIP_CERT={store}", "-e", f"REQUESTS_CA_BUNDLE={store}", name, *install.split(),
@@ -645,27 +665,160 @@ def test_the_caddy_site_is_valid_where_caddy_imports_it(
     assert "Valid configuration" in result.stdout + result.stderr
 
 
-@applies(nginx)
-def test_the_nginx_site_for_a_public_domain_is_valid(
-    machine: Machine, template: Path, tmp_path: Path
-) -> None:
-    """The public domain's site (certbot's certificate paths, HSTS) passes `nginx -t` on the
-    machine, beside the installed site, with a stand-in certificate where certbot keeps it."""
-    answers = {
-        "project_slug": "public-api",  # its upstream's name beside the installed site's
-        "reverse_proxy": "nginx",
-        "domain": "api.example.com",
-        "deploy_targets": ["server"],
-    }
-    project = render(template, tmp_path / "project", answers)
-    live = "/etc/letsencrypt/live/api.example.com"
-    machine.sh(
-        f"mkdir -p {live} /srv/public && openssl req -x509 -newkey rsa:2048 -nodes -days 1"
-        f" -subj /CN=api.example.com -keyout {live}/privkey.pem -out {live}/fullchain.pem"
-        " 2>/dev/null"
+# --- A public name: the certificate from an ACME CA ----------------------------------------------
+
+# The array's server projects with a public name and a proxy on the machine, one per proxy:
+# nginx's certificate obtained by certbot as the README says, Caddy's by Caddy.
+ACME_PROJECTS = [
+    lockable_here(answers)
+    for answers in run_for_real(
+        "server", [("reverse_proxy",)], lambda row: public_domain(row) and in_front(row)
     )
-    docker("cp", f"{project}/deploy/server/nginx/public-api.conf", f"{machine.name}:/srv/public/")
-    config = "events {} http { include /etc/nginx/conf.d/*.conf; include /srv/public/*.conf; }"
-    machine.sh(f"echo '{config}' > /srv/public.conf")
-    tested = machine.run("nginx", "-t", "-q", "-c", "/srv/public.conf", check=False)
-    assert (tested.returncode, tested.stderr) == (0, "")
+]
+
+
+@dataclass
+class AcmeCA:
+    """pebble, a real ACME CA, and pebble-challtestsrv, its DNS, on a network of their own:
+    every name resolves to `address`, where the machine runs. pebble's directory is served
+    with a certificate of `ca`, which the machine trusts as it trusts Let's Encrypt's. Each
+    order is validated anew, as a renewal is: Let's Encrypt reuses a validation for 30 days,
+    and renewals come after 60."""
+
+    network: str
+    address: str
+    ca: TestCA
+    management_port: int
+
+    @property
+    def run_args(self) -> tuple[str, ...]:
+        return ("--network", self.network, "--ip", self.address)
+
+    def point_at_it(self, answers: Answers, name: str) -> None:
+        """What an administrator sets to use this CA instead of Let's Encrypt: the CA's root in
+        the system's trust store, and certbot's settings file (with the account's e-mail and
+        the terms agreed, which certbot otherwise asks for), or Caddy's global `acme_ca`."""
+        files = {"/usr/local/share/ca-certificates/acme-test.crt": self.ca.pem.decode()}
+        if nginx(answers):
+            files["/etc/letsencrypt/cli.ini"] = (
+                f"server = {DIRECTORY}\nemail = ops@example.com\n"
+                "agree-tos = true\nnon-interactive = true\n"
+            )
+        else:
+            files["/tmp/acme-options"] = f"{{\n\tacme_ca {DIRECTORY}\n}}\n"
+        with tempfile.TemporaryDirectory() as here:
+            for number, (path, text) in enumerate(files.items()):
+                (Path(here) / str(number)).write_text(text)
+                docker("exec", name, "mkdir", "-p", str(Path(path).parent))
+                docker("cp", f"{here}/{number}", f"{name}:{path}")
+        docker("exec", name, "update-ca-certificates")
+        if not nginx(answers):
+            # Global options come first in a Caddyfile.
+            caddyfile = "/etc/caddy/Caddyfile"
+            script = f"cat /tmp/acme-options {caddyfile} > /tmp/c && cat /tmp/c > {caddyfile}"
+            docker("exec", name, "sh", "-c", script)
+
+    def root(self) -> bytes:
+        """The root pebble signs with (a new one at each start)."""
+        return https_get(self.management_port, "pebble", self.ca.pem, "/roots/0").body
+
+
+DIRECTORY = "https://pebble:14000/dir"
+
+
+@pytest.fixture(scope="module")
+def acme(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AcmeCA]:
+    require_engine()
+    directory = tmp_path_factory.mktemp("acme")
+    image = build_tools_image(tmp_path_factory.mktemp("pebble-image"))
+    ca = TestCA()
+    ca.issue("pebble").write(directory, "pebble.pem", "pebble.key")
+    config = {
+        "pebble": {
+            "listenAddress": "0.0.0.0:14000",
+            "managementListenAddress": "0.0.0.0:15000",
+            "certificate": "/acme-test/pebble.pem",
+            "privateKey": "/acme-test/pebble.key",
+            "httpPort": 80,
+            "tlsPort": 443,
+            "ocspResponderURL": "",
+            "externalAccountBindingRequired": False,
+        }
+    }
+    (directory / "pebble.json").write_text(json.dumps(config))
+    subnet = free_subnet()
+    prefix = subnet.rsplit(".", 1)[0]
+    network = unique_name("tt-acme")
+    docker("network", "create", "--subnet", subnet, "--ip-range", f"{prefix}.128/25", network)
+    dns, pebble = unique_name("tt-challtestsrv"), unique_name("tt-pebble")
+    try:
+        docker(
+            "run", "-d", "--name", dns, "--network", network, "--network-alias", "challtestsrv",
+            image, "pebble-challtestsrv", "-defaultIPv4", f"{prefix}.10", "-defaultIPv6", "",
+            "-dns01", ":8053", "-http01", "", "-https01", "", "-tlsalpn01", "",
+            "-management", ":8055",
+        )  # fmt: skip
+        docker(
+            "run", "-d", "--name", pebble, "--network", network, "--network-alias", "pebble",
+            "-e", "PEBBLE_VA_NOSLEEP=1", "-e", "PEBBLE_AUTHZREUSE=0",
+            "-v", f"{directory}:/acme-test:ro",
+            "-p", "127.0.0.1::15000", image,
+            "pebble", "-config", "/acme-test/pebble.json", "-dnsserver", "challtestsrv:8053",
+        )  # fmt: skip
+        port = int(docker("port", pebble, "15000/tcp").stdout.splitlines()[0].rsplit(":", 1)[1])
+        found = AcmeCA(network, f"{prefix}.10", ca, port)
+        deadline = time.monotonic() + 30
+        while True:
+            with contextlib.suppress(OSError):
+                found.root()
+                break
+            assert time.monotonic() < deadline, docker("logs", pebble, check=False).stderr
+            time.sleep(0.5)
+        yield found
+    finally:
+        docker("rm", "-f", dns, pebble, check=False)
+        docker("network", "rm", network, check=False)
+        docker("rmi", "-f", image, check=False)
+
+
+@pytest.mark.parametrize("answers", ACME_PROJECTS, ids=combination_id)
+def test_a_public_name_is_served_with_the_certificate_of_an_acme_ca(
+    answers: Answers,
+    acme: AcmeCA,
+    server_image: str,
+    template: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """As the README says: nginx's certificate, which certbot obtains through the running nginx
+    before the first install.sh, and renews through it while it serves (its timer's `certbot
+    renew`), the renewed one served after the deploy hook's reload; Caddy's, which Caddy
+    obtains by itself. Requests trust the CA's root alone."""
+    with installed(
+        server_image,
+        template,
+        tmp_path_factory,
+        answers,
+        acme.run_args,
+        prepare=lambda name: acme.point_at_it(answers, name),
+    ) as machine:
+        port = int(machine.url.rsplit(":", 1)[1])
+        domain = answers["domain"]
+        root = acme.root()
+        deadline = time.monotonic() + 90  # Caddy obtains it in the background
+        while True:
+            try:
+                first = https_get(port, domain, root, "/health")
+                break
+            except (OSError, ssl.SSLError):
+                assert time.monotonic() < deadline, machine.sh("journalctl -u caddy -n 40")
+                time.sleep(1)
+        assert first.status == 200
+        if nginx(answers):
+            # What certbot's timer runs, at once (unattended, it first sleeps up to 8 minutes to
+            # spread the CA's load) and forced (the certificate is new).
+            renew = ("certbot", "renew", "--force-renewal", "--no-random-sleep-on-renew")
+            renewed = machine.run(*renew, check=False)
+            assert renewed.returncode == 0, renewed.stdout + renewed.stderr
+            second = https_get(port, domain, root, "/health")
+            assert second.status == 200
+            assert second.cert.serial_number != first.cert.serial_number
