@@ -3,6 +3,7 @@
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -166,6 +167,37 @@ def build_tools_image(context: Path) -> str:
 # Pebble's certificates live this long (seconds): the proxies renew them while the test runs.
 CERT_SECONDS = 100
 
+# pebble, with its files at /acme-test (write_pebble_files), asking challtestsrv for addresses.
+PEBBLE_COMMAND = ["pebble", "-config", "/acme-test/pebble.json", "-dnsserver", "challtestsrv:8053"]
+
+
+def write_pebble_files(directory: Path, ca: TestCA, cert_seconds: int | None = None) -> None:
+    """pebble's configuration and its directory's HTTPS certificate (of `ca`, for the name
+    `pebble`) in `directory`, which PEBBLE_COMMAND reads at /acme-test. It validates on ports
+    80 and 443; its certificates live `cert_seconds`, or its default."""
+    ca.issue("pebble").write(directory, "pebble.pem", "pebble.key")
+    config: dict[str, Any] = {
+        "listenAddress": "0.0.0.0:14000",
+        "managementListenAddress": "0.0.0.0:15000",
+        "certificate": "/acme-test/pebble.pem",
+        "privateKey": "/acme-test/pebble.key",
+        "httpPort": 80,
+        "tlsPort": 443,
+        "ocspResponderURL": "",
+        "externalAccountBindingRequired": False,
+    }
+    if cert_seconds is not None:
+        config["certificateValidityPeriod"] = cert_seconds
+    (directory / "pebble.json").write_text(json.dumps({"pebble": config}))
+
+
+def challtestsrv_command(address: str) -> list[str]:
+    """pebble-challtestsrv as pebble's DNS alone, answering `address` for every name."""
+    return [
+        "pebble-challtestsrv", "-defaultIPv4", address, "-defaultIPv6", "", "-dns01", ":8053",
+        "-http01", "", "-https01", "", "-tlsalpn01", "", "-management", ":8055",
+    ]  # fmt: skip
+
 
 def acme_stack(
     template: Path,
@@ -185,22 +217,8 @@ def acme_stack(
     stack = render_stack(template, dest, proxy, b"", **{"database": "sqlite", **answers})
     project = stack.project
     acme_dir = project / "acme-test"
-    ca.issue("pebble").write(acme_dir, "pebble.pem", "pebble.key")
+    write_pebble_files(acme_dir, ca, cert_seconds)
     (acme_dir / "ca.pem").write_bytes(ca.pem)
-    config = {
-        "pebble": {
-            "listenAddress": "0.0.0.0:14000",
-            "managementListenAddress": "0.0.0.0:15000",
-            "certificate": "/acme-test/pebble.pem",
-            "privateKey": "/acme-test/pebble.key",
-            "httpPort": 80,
-            "tlsPort": 443,
-            "ocspResponderURL": "",
-            "externalAccountBindingRequired": False,
-            "certificateValidityPeriod": cert_seconds,
-        }
-    }
-    (acme_dir / "pebble.json").write_text(json.dumps(config))
     subnet = free_subnet()
     prefix = subnet.rsplit(".", 1)[0]
     proxy_address = f"{prefix}.10"
@@ -213,13 +231,7 @@ def acme_stack(
             },
             "pebble": {
                 "image": pebble_image,
-                "command": [
-                    "pebble",
-                    "-config",
-                    "/acme-test/pebble.json",
-                    "-dnsserver",
-                    "challtestsrv:8053",
-                ],
+                "command": PEBBLE_COMMAND,
                 "environment": {"PEBBLE_VA_NOSLEEP": "1"},
                 "volumes": ["./acme-test:/acme-test:ro"],
                 "ports": ["127.0.0.1::15000"],
@@ -227,23 +239,7 @@ def acme_stack(
             },
             "challtestsrv": {
                 "image": pebble_image,
-                "command": [
-                    "pebble-challtestsrv",
-                    "-defaultIPv4",
-                    proxy_address,
-                    "-defaultIPv6",
-                    "",
-                    "-dns01",
-                    ":8053",
-                    "-http01",
-                    "",
-                    "-https01",
-                    "",
-                    "-tlsalpn01",
-                    "",
-                    "-management",
-                    ":8055",
-                ],
+                "command": challtestsrv_command(proxy_address),
                 "networks": ["acme"],
             },
         },
@@ -276,6 +272,12 @@ def renew_while_running(stack: Stack, override: dict[str, Any]) -> None:
 def pebble_root(stack: Stack, ca: TestCA) -> bytes:
     """The root pebble signs with (a new one at each start), from its management API."""
     port = int(stack.compose("port", "pebble", "15000").stdout.strip().rpartition(":")[2])
+    return pebble_root_at(port, ca, stack.logs)
+
+
+def pebble_root_at(port: int, ca: TestCA, logs: Callable[[], str]) -> bytes:
+    """The root pebble signs with, from its management API on this loopback port, once it
+    answers (within 30 s; else fail with `logs`)."""
     deadline = time.monotonic() + 30
     while True:
         try:
@@ -284,5 +286,5 @@ def pebble_root(stack: Stack, ca: TestCA) -> bytes:
                 return answer.body
         except OSError:
             pass
-        assert time.monotonic() < deadline, stack.logs()
+        assert time.monotonic() < deadline, logs()
         time.sleep(0.5)

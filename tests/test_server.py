@@ -59,7 +59,13 @@ from tests.covering import (
     server_projects,
 )
 from tests.docker import docker, free_subnet, require_engine, unique_name
-from tests.edge import build_tools_image
+from tests.edge import (
+    PEBBLE_COMMAND,
+    build_tools_image,
+    challtestsrv_command,
+    pebble_root_at,
+    write_pebble_files,
+)
 from tests.project import readme_block, readme_blocks, render, run
 from tests.tls import TestCA, https_get
 
@@ -688,6 +694,7 @@ class AcmeCA:
     network: str
     address: str
     ca: TestCA
+    pebble: str  # its container
     management_port: int
 
     @property
@@ -719,8 +726,11 @@ class AcmeCA:
             docker("exec", name, "sh", "-c", script)
 
     def root(self) -> bytes:
-        """The root pebble signs with (a new one at each start)."""
-        return https_get(self.management_port, "pebble", self.ca.pem, "/roots/0").body
+        """The root pebble signs with (a new one at each start), once it answers."""
+        return pebble_root_at(self.management_port, self.ca, self.logs)
+
+    def logs(self) -> str:
+        return docker("logs", self.pebble, check=False).stderr
 
 
 DIRECTORY = "https://pebble:14000/dir"
@@ -732,20 +742,7 @@ def acme(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AcmeCA]:
     directory = tmp_path_factory.mktemp("acme")
     image = build_tools_image(tmp_path_factory.mktemp("pebble-image"))
     ca = TestCA()
-    ca.issue("pebble").write(directory, "pebble.pem", "pebble.key")
-    config = {
-        "pebble": {
-            "listenAddress": "0.0.0.0:14000",
-            "managementListenAddress": "0.0.0.0:15000",
-            "certificate": "/acme-test/pebble.pem",
-            "privateKey": "/acme-test/pebble.key",
-            "httpPort": 80,
-            "tlsPort": 443,
-            "ocspResponderURL": "",
-            "externalAccountBindingRequired": False,
-        }
-    }
-    (directory / "pebble.json").write_text(json.dumps(config))
+    write_pebble_files(directory, ca)
     subnet = free_subnet()
     prefix = subnet.rsplit(".", 1)[0]
     network = unique_name("tt-acme")
@@ -754,26 +751,16 @@ def acme(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AcmeCA]:
     try:
         docker(
             "run", "-d", "--name", dns, "--network", network, "--network-alias", "challtestsrv",
-            image, "pebble-challtestsrv", "-defaultIPv4", f"{prefix}.10", "-defaultIPv6", "",
-            "-dns01", ":8053", "-http01", "", "-https01", "", "-tlsalpn01", "",
-            "-management", ":8055",
+            image, *challtestsrv_command(f"{prefix}.10"),
         )  # fmt: skip
         docker(
             "run", "-d", "--name", pebble, "--network", network, "--network-alias", "pebble",
             "-e", "PEBBLE_VA_NOSLEEP=1", "-e", "PEBBLE_AUTHZREUSE=0",
-            "-v", f"{directory}:/acme-test:ro",
-            "-p", "127.0.0.1::15000", image,
-            "pebble", "-config", "/acme-test/pebble.json", "-dnsserver", "challtestsrv:8053",
+            "-v", f"{directory}:/acme-test:ro", "-p", "127.0.0.1::15000", image, *PEBBLE_COMMAND,
         )  # fmt: skip
         port = int(docker("port", pebble, "15000/tcp").stdout.splitlines()[0].rsplit(":", 1)[1])
-        found = AcmeCA(network, f"{prefix}.10", ca, port)
-        deadline = time.monotonic() + 30
-        while True:
-            with contextlib.suppress(OSError):
-                found.root()
-                break
-            assert time.monotonic() < deadline, docker("logs", pebble, check=False).stderr
-            time.sleep(0.5)
+        found = AcmeCA(network, f"{prefix}.10", ca, pebble, port)
+        found.root()  # pebble answers
         yield found
     finally:
         docker("rm", "-f", dns, pebble, check=False)
