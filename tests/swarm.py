@@ -10,6 +10,7 @@ import contextlib
 import http.client
 import json
 import os
+import re
 import socket
 import ssl
 import subprocess
@@ -157,29 +158,35 @@ class Stack:
     def settings(self) -> dict[str, str]:
         """The variables of .env, read by the README's own command where it has one (the
         stack's file interpolates some, as a proxy's ACME_EMAIL)."""
-        readme = (self.project / "deploy" / "swarm" / "README.md").read_text()
-        found = [line for line in readme.splitlines() if line.startswith("set -a && . ./.env")]
-        if not found:
+        result = self._readme_line("set -a && . ./.env", "env -0")
+        if result is None:
             return {}
-        script = found[0].split("#")[0] + " && env -0"
-        result = subprocess.run(
-            ["sh", "-c", script], cwd=self.project, capture_output=True, text=True, check=True
-        )
         pairs = (item.partition("=") for item in result.stdout.split("\0") if item)
         return {name: value for name, _, value in pairs}
 
     def configs_version(self) -> dict[str, str]:
         """CONFIGS_VERSION, computed by the README's own command (no proxy, no configs)."""
-        readme = (self.project / "deploy" / "swarm" / "README.md").read_text()
-        found = [line for line in readme.splitlines() if line.startswith("export CONFIGS_VERSION=")]
-        if not found:
+        result = self._readme_line("export CONFIGS_VERSION=", 'printf %s "$CONFIGS_VERSION"')
+        if result is None:
             return {}
-        script = found[0] + ' && printf %s "$CONFIGS_VERSION"'
-        result = subprocess.run(
-            ["sh", "-c", script], cwd=self.project, capture_output=True, text=True, check=True
-        )
         assert result.stdout.strip(), result.stderr
         return {"CONFIGS_VERSION": result.stdout}
+
+    def _readme_line(self, start: str, then: str) -> subprocess.CompletedProcess[str] | None:
+        """The README's command line that begins with `start` (its comment dropped), run in
+        the project with `then` after it; None where the README has no such line."""
+        readme = (self.project / "deploy" / "swarm" / "README.md").read_text()
+        found = [line for line in readme.splitlines() if line.startswith(start)]
+        if not found:
+            return None
+        command = re.sub(r"\s+#.*", "", found[0])
+        return subprocess.run(
+            ["sh", "-c", f"{command} && {then}"],
+            cwd=self.project,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
 
     def deploy(self, image: str) -> None:
         env = {
