@@ -7,10 +7,11 @@ runs once (the `migrate` job, the replicas waiting for it; with workers, the rep
 entrypoints in turn), the secret reaches them as a file and is in no container's `docker
 inspect`, `/metrics` answers inside a replica where metrics are on. A new image rolls out one
 replica at a time, start-first, while a client keeps sending requests through the proxy: none
-fails. An image whose health check fails rolls back by itself, and the service answers all
-along. Besides it, the array's Swarm projects that with it hold each process model with each
-metrics answer and each database are deployed as their stacks declare, and their replicas run
-locked down and answer /ready (or /health) and /metrics where on.
+fails, and none reaches a stopping replica. An image whose health check fails rolls back by
+itself, and the service answers all along. Besides it, the array's Swarm projects that with it
+hold each process model with each metrics answer and each database are deployed as their stacks
+declare, and their replicas run locked down and answer /ready (or /health) and /metrics where
+on.
 """
 
 import functools
@@ -189,16 +190,28 @@ def test_the_stack_of_each_other_chosen_project_runs_locked_down(
         remove_images(slug)
 
 
+def upstream_errors(stack: Stack) -> set[str]:
+    """nginx's lines for a request it could not pass to a replica (refused, reset)."""
+    lines = stack.logs("proxy").splitlines()
+    return {line for line in lines if "[error]" in line and "upstream" in line}
+
+
 def test_rollout_of_a_new_image_fails_no_request(deployed: Stack) -> None:
+    """No request fails, and none even reaches a stopping replica: nginx has dropped its
+    address (Swarm takes it out of the DNS 2 s before the stop signal) before it closes its
+    connections. A request sent on one as it closes is retried on another replica, unless
+    nginx's list of addresses changed meanwhile: then it answers 502."""
     base = current_image(deployed)
     new = derived_image(base, RELEASE_DOCKERFILE.format(image=base, release=2))
     client = Client(lambda: deployed.get("/items"))
+    errors_before = upstream_errors(deployed)
     with client.running():
         deployed.deploy(new)
         deployed.wait_until(lambda: deployed.update_state() == "completed", "rollout completed")
         deployed.wait_converged(new)
     assert client.served > 50, "requests went on during the rollout"
     assert client.failed == [], f"{client.failed[:10]}\n{deployed.diagnose()}"
+    assert upstream_errors(deployed) - errors_before == set()
 
 
 def test_broken_image_rolls_back_by_itself_and_the_service_keeps_answering(
