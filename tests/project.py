@@ -97,8 +97,15 @@ def reuse_compiled_templates() -> None:
     jinja2.Environment.compile = compile_once  # type: ignore[assignment,method-assign]
 
 
+# The package index a project may name to be locked against PyPI itself.
+PYPI_SIMPLE = "https://pypi.org/simple/"
+
+
 def render(template: Path, dest: Path, answers: dict[str, Any], *, tasks: bool = False) -> Path:
-    """Copy the template with these answers (defaults for the rest)."""
+    """Copy the template with these answers (defaults for the rest), and with `tasks` run the
+    copy's tasks (.env, secrets, certificate, the lock)."""
+    if tasks:
+        seed_pip_lock(template, dest, answers)
     copier.run_copy(
         str(template),
         str(dest),
@@ -109,6 +116,30 @@ def render(template: Path, dest: Path, answers: dict[str, Any], *, tasks: bool =
         quiet=True,
     )
     return dest
+
+
+def seed_pip_lock(template: Path, dest: Path, answers: dict[str, Any]) -> None:
+    """Where a pip project names PyPI's index, put the lock its task will make in place first,
+    made through the tests' stand-in for PyPI (tests/pypi_json.py, PIP_INDEX_URL).
+
+    pip-compile takes each release's hashes from the index's JSON API. The mirror these machines
+    reach as pypi.org answers it with file URLs other than the simple API's, so pip-compile
+    downloads and hashes every file of every release it pins: one to three minutes a lock. A
+    project that leaves the index to pip is locked through the stand-in, which answers with the
+    simple API's own hashes; one that names PyPI still locks against it, as its task does, and
+    pip-compile, as with any lock already there, keeps its pins and reuses their hashes
+    (--reuse-hashes): the same lock, made in seconds.
+    """
+    named = answers.get("dependency_tool") == "pip" and answers.get("package_index") == PYPI_SIMPLE
+    if not named or "python_version" not in answers or "PIP_INDEX_URL" not in os.environ:
+        return
+    with tempfile.TemporaryDirectory() as scratch:
+        project = render(template, Path(scratch) / "project", answers)
+        hook = str(template / "hooks" / "lock.py")
+        run([sys.executable, hook, "pip", answers["python_version"]], project)  # the stand-in's
+        dest.mkdir(parents=True, exist_ok=True)
+        for lock in project.glob("requirements*.txt"):
+            shutil.copy(lock, dest / lock.name)
 
 
 def render_with_secrets(template: Path, dest: Path, answers: dict[str, Any]) -> Path:
