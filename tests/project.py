@@ -124,11 +124,11 @@ def seed_pip_lock(template: Path, dest: Path, answers: dict[str, Any]) -> None:
 
     pip-compile takes each release's hashes from the index's JSON API. The mirror these machines
     reach as pypi.org answers it with file URLs other than the simple API's, so pip-compile
-    downloads and hashes every file of every release it pins: one to three minutes a lock. A
+    downloads and hashes every file of every release it pins (about a thousand per lock). A
     project that leaves the index to pip is locked through the stand-in, which answers with the
     simple API's own hashes; one that names PyPI still locks against it, as its task does, and
     pip-compile, as with any lock already there, keeps its pins and reuses their hashes
-    (--reuse-hashes): the same lock, made in seconds.
+    (--reuse-hashes): the same lock, without those downloads.
     """
     named = answers.get("dependency_tool") == "pip" and answers.get("package_index") == PYPI_SIMPLE
     if not named or "python_version" not in answers or "PIP_INDEX_URL" not in os.environ:
