@@ -13,6 +13,7 @@ import random
 import re
 import shutil
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -136,6 +137,17 @@ def container(tag: str, *run_args: str, command: tuple[str, ...] = ()) -> Iterat
         yield name
     finally:
         docker("rm", "-f", "-v", name, check=False)
+
+
+def settled_health(name: str, timeout: float = 120) -> str:
+    """The container's health once its healthcheck has judged it: Docker says "starting" until
+    the first check, an `interval` after the start, however well the process already answers."""
+    deadline = time.monotonic() + timeout
+    while True:
+        health = docker("inspect", "-f", "{{.State.Health.Status}}", name).stdout.strip()
+        if health != "starting" or time.monotonic() > deadline:
+            return health
+        time.sleep(1)
 
 
 def logs(name: str) -> str:

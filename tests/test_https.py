@@ -23,7 +23,14 @@ import pytest
 from cryptography.hazmat.primitives.hashes import SHA256
 
 from tests.covering import acme_proxies, local_certificate_file_proxies
-from tests.docker import docker, established_peers, host_pid, require_engine, unique_name
+from tests.docker import (
+    docker,
+    established_peers,
+    host_pid,
+    require_engine,
+    settled_health,
+    unique_name,
+)
 from tests.edge import (
     CERT_SECONDS,
     PROBE_ROUTES,
@@ -116,8 +123,7 @@ def test_nginx_finds_a_recreated_app_without_a_restart(
             docker("rm", "-f", holder, check=False)
         assert answer.status == 200
         assert docker("inspect", "-f", "{{.State.StartedAt}}", proxy).stdout == started
-        health = docker("inspect", "-f", "{{json .State.Health}}", proxy).stdout
-        assert json.loads(health)["Status"] == "healthy", health
+        assert settled_health(proxy) == "healthy", stack.logs()
 
 
 # nginx's ports towards the app, narrowed so that the test needs few requests to use them all,
@@ -296,13 +302,7 @@ def test_caddy_on_localhost_is_healthy_and_redirects_to_the_published_https_port
     stack = render_stack(template, tmp_path / "project", "caddy", b"", domain="localhost")
     try:
         stack.compose("up", "--build", "--detach")
-        proxy = stack.container("proxy")
-        deadline = time.monotonic() + 120
-        health = ""
-        while health != "healthy":
-            assert time.monotonic() < deadline, f"proxy {health}\n{stack.logs()}"
-            time.sleep(1)
-            health = docker("inspect", "-f", "{{.State.Health.Status}}", proxy).stdout.strip()
+        assert settled_health(stack.container("proxy")) == "healthy", stack.logs()
         host = f"localhost:{stack.http_port}"  # as a browser sends it
         status, headers = http_get_as(stack.http_port, host, "/health?x=1")
         assert status in {301, 308}
