@@ -18,6 +18,13 @@ REPO = Path(__file__).resolve().parent.parent
 reuse_compiled_templates()
 
 
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """`-n auto`: one worker more than CPUs. Much of a test's time is spent waiting (for a
+    container to become healthy, a certificate to be renewed, Swarm to roll back) while the
+    CPUs have work the extra worker brings."""
+    return (os.cpu_count() or 1) + 1
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
     """Once the whole run is over (in the process that ran it, not in an xdist worker)."""
     if not hasattr(config, "workerinput") and docker.engine_problem() is None:
