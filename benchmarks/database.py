@@ -17,7 +17,8 @@ fixture), then prints, in one run:
   kind of code the generated SQLite app is, and so its read's bare reference, and that read with
   each of the two FastAPI features the generated read adds (its `response_model`, whose
   validation FastAPI runs in a second thread hand-off for a `def` route, and its `yield` session
-  dependency), to show what each costs, and with both (the generated read's proposed baseline:
+  dependency), to show what each costs, and with a `yield` dependency that does nothing (what
+  FastAPI's handling of one costs by itself), and with both (the generated read's proposed baseline:
   the same FastAPI features, without the app's own code), and the read as FastAPI's SQL
   tutorial writes it (a `def` generator dependency yielding the Session, the model as return
   type). All are routes of one Uvicorn process (the image's command line, one process): the
@@ -177,6 +178,21 @@ def sync_sqlalchemy_dependency_read(item_id: int, session: SessionDep):
     return {"id": item.id, "name": item.name, "description": item.description}
 
 
+# The sync read with a `yield` dependency that does nothing: what FastAPI's handling of such a
+# dependency costs by itself, whatever it yields (SessionDep's session comes on top).
+async def nothing():
+    yield None
+
+
+@router.get("/sync-sqlalchemy-empty-dependency/items/{item_id}")
+def sync_sqlalchemy_empty_dependency_read(item_id: int, _: Annotated[None, Depends(nothing)]):
+    with SyncSession(sync_engine) as session:
+        item = session.get(Item, item_id)
+    if item is None:
+        raise HTTPException(404)
+    return {"id": item.id, "name": item.name, "description": item.description}
+
+
 # The sync read with both: what FastAPI's features cost together, the generated read's
 # baseline once its FastAPI features are held equal (the figure proposed for issue 27).
 @router.get("/sync-sqlalchemy-features/items/{item_id}", response_model=ItemRead)
@@ -268,9 +284,13 @@ BARE_READS = {"sqlite": SYNC_READ, "postgresql": BARE_READ}
 CREATE = Endpoint("POST /items", "/items", post=True)
 BARE_CREATE = Endpoint("bare SQLAlchemy create", "/bench/sqlalchemy/items", post=True)
 # On SQLite: the sync read with the generated read's response_model, or with its session
-# dependency (each alone): what FastAPI's features cost beside SQLAlchemy's read.
+# dependency (each alone), or with a `yield` dependency that yields nothing: what FastAPI's
+# features cost beside SQLAlchemy's read.
 WITH_MODEL = Endpoint("sync read + response_model", "/bench/sync-sqlalchemy-model/items/1")
 WITH_DEPENDENCY = Endpoint("sync read + SessionDep", "/bench/sync-sqlalchemy-dependency/items/1")
+WITH_EMPTY_DEPENDENCY = Endpoint(
+    "sync read + empty yield dependency", "/bench/sync-sqlalchemy-empty-dependency/items/1"
+)
 WITH_BOTH = Endpoint(
     "sync read + response_model + SessionDep", "/bench/sync-sqlalchemy-features/items/1"
 )
@@ -280,6 +300,7 @@ DRIVERS = {
         SYNC_READ,
         WITH_MODEL,
         WITH_DEPENDENCY,
+        WITH_EMPTY_DEPENDENCY,
         WITH_BOTH,
         TUTORIAL,
         Endpoint("sqlite3 read", "/bench/sqlite3/items/1"),
@@ -613,7 +634,10 @@ def report(
                 # How far SQLAlchemy itself gets from /health: async (aiosqlite's thread
                 # hand-offs) and synchronous (one hand-off, FastAPI's thread pool).
                 compared.append(("/health", health, 0))
-            elif label in {e.label for e in (WITH_MODEL, WITH_DEPENDENCY, WITH_BOTH, TUTORIAL)}:
+            elif label in {
+                e.label
+                for e in (WITH_MODEL, WITH_DEPENDENCY, WITH_EMPTY_DEPENDENCY, WITH_BOTH, TUTORIAL)
+            }:
                 compared.append((SYNC_READ.label, bare, 0))
             elif label.startswith(CREATE.label):
                 compared.append(("bare SQLAlchemy create", figures[BARE_CREATE.label], 0))
