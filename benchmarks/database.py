@@ -18,8 +18,8 @@ fixture), then prints, in one run:
   each of the two FastAPI features the generated read adds (its `response_model`, whose
   validation FastAPI runs in a second thread hand-off for a `def` route, and its `yield` session
   dependency), to show what each costs, and with a `yield` dependency that does nothing (what
-  FastAPI's handling of one costs by itself), and with both (the generated read's proposed baseline:
-  the same FastAPI features, without the app's own code), and the read as FastAPI's SQL
+  FastAPI's handling of one costs by itself), and with both (the generated read's proposed
+  baseline: the same FastAPI features, without the app's own code), and the read as FastAPI's SQL
   tutorial writes it (a `def` generator dependency yielding the Session, the model as return
   type). All are routes of one Uvicorn process (the image's command line, one process): the
   benchmark's endpoints are added to the generated app, so they pass through the same
@@ -295,14 +295,12 @@ WITH_BOTH = Endpoint(
     "sync read + response_model + SessionDep", "/bench/sync-sqlalchemy-features/items/1"
 )
 TUTORIAL = Endpoint("FastAPI tutorial's sync read", "/bench/tutorial/items/1")
+# The sync read's variants, each printed beside the sync read.
+SYNC_VARIANTS = (WITH_MODEL, WITH_DEPENDENCY, WITH_EMPTY_DEPENDENCY, WITH_BOTH, TUTORIAL)
 DRIVERS = {
     "sqlite": [
         SYNC_READ,
-        WITH_MODEL,
-        WITH_DEPENDENCY,
-        WITH_EMPTY_DEPENDENCY,
-        WITH_BOTH,
-        TUTORIAL,
+        *SYNC_VARIANTS,
         Endpoint("sqlite3 read", "/bench/sqlite3/items/1"),
         Endpoint("aiosqlite read", "/bench/aiosqlite/items/1"),
     ],
@@ -634,10 +632,7 @@ def report(
                 # How far SQLAlchemy itself gets from /health: async (aiosqlite's thread
                 # hand-offs) and synchronous (one hand-off, FastAPI's thread pool).
                 compared.append(("/health", health, 0))
-            elif label in {
-                e.label
-                for e in (WITH_MODEL, WITH_DEPENDENCY, WITH_EMPTY_DEPENDENCY, WITH_BOTH, TUTORIAL)
-            }:
+            elif label in {variant.label for variant in SYNC_VARIANTS}:
                 compared.append((SYNC_READ.label, bare, 0))
             elif label.startswith(CREATE.label):
                 compared.append(("bare SQLAlchemy create", figures[BARE_CREATE.label], 0))
