@@ -33,6 +33,7 @@ from tests.docker import (
     compose_stack,
     container,
     docker,
+    logs,
     processes,
     require_engine,
     unique_name,
@@ -217,14 +218,9 @@ def wait_until_healthy(name: str, timeout: float = 60) -> int:
     try:
         status = wait_for_http(f"http://127.0.0.1:{port}/health", timeout=timeout)
     except OSError as error:
-        raise AssertionError(f"{name} never answered: {error}\n{container_logs(name)}") from None
-    assert status == 200, container_logs(name)
+        raise AssertionError(f"{name} never answered: {error}\n{logs(name)}") from None
+    assert status == 200, logs(name)
     return port
-
-
-def container_logs(name: str) -> str:
-    result = docker("logs", name, check=False)
-    return result.stdout + result.stderr
 
 
 def worker_pids(name: str) -> set[int]:
@@ -337,7 +333,7 @@ def wait_until_the_server_catches_the_stop_signal(name: str, prestart_execs: boo
     while time.monotonic() < deadline:
         probe = docker("exec", name, "cat", "/proc/1/cmdline", "/proc/1/status", check=False)
         if probe.returncode != 0:
-            raise AssertionError(f"the container is not running:\n{container_logs(name)}")
+            raise AssertionError(f"the container is not running:\n{logs(name)}")
         command, _, status = probe.stdout.partition("Name:")
         caught = next(
             (line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:")), "0"
@@ -365,10 +361,12 @@ def test_request_in_flight_when_the_stop_arrives_completes(
         reader.start()
         stop_seconds = timed_stop(name)
         reader.join(timeout=10)
-        logs = container_logs(name)
+        printed = logs(name)
         exit_code = docker("inspect", "-f", "{{.State.ExitCode}}", name).stdout.strip()
-    assert rest == [b"done\n"], logs
-    assert logs.index("Shutting down") < logs.index(SLOW_FINISHED), "it finished before the stop"
+    assert rest == [b"done\n"], printed
+    assert printed.index("Shutting down") < printed.index(SLOW_FINISHED), (
+        "it finished before the stop"
+    )
     assert stop_seconds < SLOW_SECONDS + GRACEFUL_SECONDS, f"docker stop took {stop_seconds:.2f} s"
     assert exit_code == "0", "the server shut down by itself, it was not killed"
 
@@ -403,7 +401,7 @@ def test_workers_mode_runs_one_worker_per_cpu_of_the_containers_quota(
     spawned = cpus if cpus > 1 else 0  # for one worker, Uvicorn serves in PID 1 itself
     with serving(images[key], "--cpus", str(cpus)) as name:
         assert len(wait_for_workers(name, spawned)) == spawned
-        assert f"Starting {cpus} workers: CPU quota {cpus} (" in container_logs(name)
+        assert f"Starting {cpus} workers: CPU quota {cpus} (" in logs(name)
 
 
 @pytest.mark.docker
@@ -412,7 +410,7 @@ def test_workers_mode_runs_one_worker_per_cpu_of_the_containers_quota(
 def test_web_concurrency_overrides_the_worker_count(key: str, images: dict[str, Built]) -> None:
     with serving(images[key], "--cpus", "1", "-e", "WEB_CONCURRENCY=3") as name:
         assert len(wait_for_workers(name, 3)) == 3
-        assert "Starting 3 workers, as WEB_CONCURRENCY asks" in container_logs(name)
+        assert "Starting 3 workers, as WEB_CONCURRENCY asks" in logs(name)
 
 
 @pytest.mark.docker
