@@ -1,6 +1,7 @@
 """Print the generated data path's speed per database, next to SQLAlchemy's and the driver's.
 
-    uv run python -m benchmarks.database [--seconds 5] [--rounds 3] [--connections 16] [--base REV]
+    uv run python -m benchmarks.database [--seconds 5] [--rounds 3] [--connections 16]
+        [--asgi-calls 2000] [--base REV]
 
 Renders a SQLite and a PostgreSQL project (package layout, migrations, uv), installs them,
 starts Debian's PostgreSQL on a free loopback port (tests/postgres.py, as the tests' `postgres`
@@ -29,6 +30,11 @@ fixture), then prints, in one run:
   CPU time per request (all its threads, aiosqlite's too), steadier than requests/s on a busy
   machine. With --base REV the template at REV is rendered too, and its read and create are
   measured in the same rounds (a second process on the same core);
+- per database, the same reads called in-process: ASGI calls straight into the app (the same
+  middleware, no HTTP server, no client sharing the core), one at a time, on CPU 0, each
+  --asgi-calls times a round, median of --rounds: the CPU per request without the noise of
+  wrk's run, so the ratios between endpoints hold still from run to run (the HTTP parsing both
+  sides share is left out, so they come out lower than through Uvicorn);
 - the round trips each read costs on PostgreSQL: the same endpoints served through a relay that
   counts the client's round trips on the wire (tests/pgwire.py), with the SQL each carried.
 
@@ -261,6 +267,62 @@ async def asyncpg_read(item_id: int):
 app.include_router(router)
 """
 
+# Run by the project's Python: ASGI calls straight into the app with the benchmark's routes,
+# one at a time, and the process's CPU time (all threads) per call, written as JSON to a file
+# (the app logs each request on stdout, sent nowhere, as under Uvicorn here).
+ASGI_SCRIPT = """
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+
+from benchmark_routes import app, opened
+
+out, calls, rounds, paths = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
+
+
+async def call(path):
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
+        "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
+        "root_path": "", "headers": [(b"host", b"127.0.0.1")],
+        "client": ("127.0.0.1", 40000), "server": ("127.0.0.1", 8000),
+    }
+    sent = []
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    await app(scope, receive, send)
+    assert sent[0]["status"] == 200, (path, sent[0])
+
+
+async def main():
+    cpu = {path: [] for path in paths}
+    async with app.router.lifespan_context(app):
+        for path in paths:  # warm-up: connections opened, statements cached
+            for _ in range(200):
+                await call(path)
+        for _ in range(rounds):
+            for path in paths:
+                started = time.process_time()
+                for _ in range(calls):
+                    await call(path)
+                cpu[path].append((time.process_time() - started) / calls * 1e6)
+        for resource in opened.values():  # aiosqlite's thread would keep the process alive
+            await resource.close()
+    out.write_text(json.dumps(cpu))
+
+
+import uvloop  # the loop Uvicorn runs the app on (uvicorn[standard])
+
+uvloop.run(main())
+"""
+
 POST_SCRIPT = """wrk.method = "POST"
 wrk.body = '{"name": "benchmark item", "description": "created under load"}'
 wrk.headers["Content-Type"] = "application/json"
@@ -462,6 +524,23 @@ def loads(
     }
 
 
+def asgi_cpu(
+    root: Path, env: dict[str, str], endpoints: list[Endpoint], calls: int, rounds: int
+) -> dict[str, float]:
+    """Per endpoint, the median CPU time per request (microseconds) of ASGI calls straight
+    into the app, in the project's Python pinned on the server's CPU (ASGI_SCRIPT)."""
+    script, out = root / "benchmark_asgi.py", root / "benchmark_asgi.json"
+    script.write_text(ASGI_SCRIPT)
+    paths = [endpoint.path for endpoint in endpoints]
+    subprocess.run(
+        ["taskset", "-c", SERVER_CPU, str(root / ".venv" / "bin" / "python"), script.name,
+         str(out), str(calls), str(rounds), *paths],
+        cwd=root, env=env, check=True, stdout=subprocess.DEVNULL, timeout=1800,
+    )  # fmt: skip
+    cpu: dict[str, list[float]] = json.loads(out.read_text())
+    return {endpoint.label: statistics.median(cpu[endpoint.path]) for endpoint in endpoints}
+
+
 def round_trips(
     root: Path, env: dict[str, str], endpoints: list[Endpoint], module: str
 ) -> dict[str, list[str]]:
@@ -528,6 +607,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="runs per figure (median)")
     parser.add_argument("--connections", type=int, default=16, help="wrk connections")
     parser.add_argument(
+        "--asgi-calls", type=int, default=2000, help="in-process calls per endpoint and round"
+    )
+    parser.add_argument(
         "--base", help="also measure the generated read and create of the template at this revision"
     )
     parser.add_argument("--databases", nargs="+", default=list(DATABASES), choices=DATABASES)
@@ -535,6 +617,7 @@ def main() -> None:
     args = parser.parse_args()
     starts = []
     measured: dict[str, dict[str, Load]] = {}
+    in_process: dict[str, dict[str, float]] = {}
     trips: dict[str, list[str]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-db-") as tmp:
         workdir = Path(tmp)
@@ -580,6 +663,10 @@ def main() -> None:
                     measured[database] = loads(
                         targets, args.seconds, args.connections, args.rounds, script
                     )
+                in_process[database] = asgi_cpu(
+                    root, current, [HEALTH, READ, BARE_READ, *DRIVERS[database]],
+                    args.asgi_calls, args.rounds,
+                )  # fmt: skip
                 if database == "postgresql":
                     counted = [READ, BARE_READ, *DRIVERS[database]]
                     trips = round_trips(root, current, counted, MODULE)
@@ -588,12 +675,13 @@ def main() -> None:
                         trips[f"{READ.label} at {args.base}"] = before[READ.label]
         finally:
             pg.stop()
-    report(starts, measured, trips, args)
+    report(starts, measured, in_process, trips, args)
 
 
 def report(
     starts: list[tuple[str, str, str, str]],
     measured: dict[str, dict[str, Load]],
+    in_process: dict[str, dict[str, float]],
     trips: dict[str, list[str]],
     args: argparse.Namespace,
 ) -> None:
@@ -653,9 +741,9 @@ def report(
                         verdict,
                     ]
                 )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+    print_table(rows)
+    print()
+    report_in_process(in_process, args)
     if not trips:
         return
     print()
@@ -667,6 +755,46 @@ def report(
         print(f"{label:<32} {per_read:>4.1f}  {goal}")
         for statement in dict.fromkeys(taken):  # each distinct one once, in order
             print(f"{'':<38}{' '.join(statement.split())[:100]}")
+
+
+def report_in_process(in_process: dict[str, dict[str, float]], args: argparse.Namespace) -> None:
+    """The in-process figures, with the read's ratios to its references."""
+    print(
+        f"In-process, the same app: {args.asgi_calls} ASGI calls per endpoint and round, one at a"
+        f" time, on CPU {SERVER_CPU}, median of {args.rounds} rounds; CPU per request, ratio 1/CPU"
+    )
+    rows = [["database", "endpoint", "CPU us", "ratio CPU", "target", ""]]
+    for database, cpu in in_process.items():
+        for label, us in cpu.items():
+            compared: list[tuple[str, float]] = []
+            if label == READ.label:
+                compared.append((BARE_READS[database].label, READ_TARGET))
+                if database == "sqlite":
+                    compared += [(WITH_BOTH.label, READ_TARGET), (TUTORIAL.label, 0.0)]
+            elif label in {variant.label for variant in SYNC_VARIANTS}:
+                compared.append((SYNC_READ.label, 0.0))
+            cells = [database, label, f"{us:.0f}"]
+            if not compared:
+                rows.append([*cells, "", "", ""])
+            for number, (name, target) in enumerate(compared):
+                per_cpu = cpu[name] / us
+                verdict = "" if not target else "met" if per_cpu >= target else "MISSED"
+                rows.append(
+                    [
+                        *(cells if not number else [""] * len(cells)),
+                        f"{per_cpu:.2f}x {name}",
+                        f">= {target:.2f}x" if target else "",
+                        verdict,
+                    ]
+                )
+    print_table(rows)
+
+
+def print_table(rows: list[list[str]]) -> None:
+    """Rows of cells in left-aligned columns; the first row is the header."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
 
 
 if __name__ == "__main__":
