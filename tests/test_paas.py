@@ -207,8 +207,10 @@ def process_group(
         )
 
         def printed() -> str:
-            output.seek(0)
-            return output.read()
+            # pread, not seek and read: the runner writes through the same file offset, so
+            # moving it back would have its next lines written over the first ones.
+            size = os.fstat(output.fileno()).st_size
+            return os.pread(output.fileno(), size, 0).decode(errors="replace")
 
         try:
             yield printed
