@@ -271,11 +271,12 @@ app.include_router(router)
 # one at a time, and the process's CPU time (all threads) per call, written as JSON to a file
 # (the app logs each request on stdout, sent nowhere, as under Uvicorn here).
 ASGI_SCRIPT = """
-import asyncio
 import json
 import sys
 import time
 from pathlib import Path
+
+import uvloop  # the loop Uvicorn runs the app on (uvicorn[standard])
 
 from benchmark_routes import app, opened
 
@@ -317,8 +318,6 @@ async def main():
             await resource.close()
     out.write_text(json.dumps(cpu))
 
-
-import uvloop  # the loop Uvicorn runs the app on (uvicorn[standard])
 
 uvloop.run(main())
 """
@@ -647,11 +646,12 @@ def main() -> None:
                         first_200(root, fresh, prestart=True),
                     )
                 )
+                reads = [HEALTH, READ, BARE_READ, *DRIVERS[database]]  # GETs, wrk and in-process
                 with contextlib.ExitStack() as stack:
                     app = stack.enter_context(server(root, current, module=MODULE))
                     wait_ready(app.url)
                     seed(app.url)
-                    endpoints = [HEALTH, READ, BARE_READ, *DRIVERS[database], CREATE, BARE_CREATE]
+                    endpoints = [*reads, CREATE, BARE_CREATE]
                     targets = [Target(e.label, app, e) for e in endpoints]
                     if database in bases:
                         base = stack.enter_context(server(bases[database], current, module=MODULE))
@@ -663,10 +663,7 @@ def main() -> None:
                     measured[database] = loads(
                         targets, args.seconds, args.connections, args.rounds, script
                     )
-                in_process[database] = asgi_cpu(
-                    root, current, [HEALTH, READ, BARE_READ, *DRIVERS[database]],
-                    args.asgi_calls, args.rounds,
-                )  # fmt: skip
+                in_process[database] = asgi_cpu(root, current, reads, args.asgi_calls, args.rounds)
                 if database == "postgresql":
                     counted = [READ, BARE_READ, *DRIVERS[database]]
                     trips = round_trips(root, current, counted, MODULE)
