@@ -637,7 +637,7 @@ def idle_sessions(server: PostgresServer, database: str, count: int) -> Iterator
 def test_prestart_refuses_workers_whose_pools_exceed_max_connections(
     projects: dict[str, Project],
 ) -> None:
-    """2 workers x (5 + 10) = 30 connections cannot fit in 9: stop at start, not under load."""
+    """2 workers x (15 + 0) = 30 connections cannot fit in 9: stop at start, not under load."""
     project = projects["postgres_migrations"]
     database = own_postgres(max_connections=SMALL_MAX_CONNECTIONS)
     try:
@@ -648,7 +648,7 @@ def test_prestart_refuses_workers_whose_pools_exceed_max_connections(
     assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
     last = result.stdout.splitlines()[-1]
     assert '"level": "ERROR"' in last, last
-    assert "2 worker(s) x (DB_POOL_SIZE 5 + DB_MAX_OVERFLOW 10) = 30 connections" in last
+    assert "2 worker(s) x (DB_POOL_SIZE 15 + DB_MAX_OVERFLOW 0) = 30 connections" in last
     assert SMALL_LIMIT in last
     assert "Uvicorn running" not in result.stdout
 
