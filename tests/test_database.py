@@ -10,6 +10,7 @@ before the replicas otherwise. Concurrent starts are made to really contend: the
 schema lock while the processes start, so they queue on it, then lets them go together.
 """
 
+import asyncio
 import contextlib
 import json
 import os
@@ -834,6 +835,50 @@ def test_reads_after_a_postgresql_restart_all_succeed(
         assert not errors_in(server.output()), errors_in(server.output())
     finally:
         database.stop()
+
+
+def keep_alive_load(url: str, paths: list[str], clients: int) -> list[int]:
+    """`clients` HTTP/1.1 connections kept alive, each sending its next request as soon as the
+    last is answered, as a load generator does, until all of `paths` are asked; the statuses."""
+    host, port = url.removeprefix("http://").split(":")
+    queue = list(reversed(paths))
+    statuses: list[int] = []
+
+    async def client() -> None:
+        reader, writer = await asyncio.open_connection(host, int(port))
+        while queue:
+            writer.write(f"GET {queue.pop()} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+            head = await reader.readuntil(b"\r\n\r\n")
+            statuses.append(int(head.split()[1]))
+            length = re.search(rb"content-length: (\d+)", head, re.IGNORECASE)
+            await reader.readexactly(int(length.group(1)) if length else 0)
+        writer.close()
+
+    async def run() -> None:
+        await asyncio.wait_for(asyncio.gather(*(client() for _ in range(clients))), 120)
+
+    asyncio.run(run())
+    return statuses
+
+
+def test_a_process_under_load_keeps_its_connections_for_the_next_requests(
+    projects: dict[str, Project],
+    postgres_server: PostgresServer,
+    postgres: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    """Sixteen clients at once, each asking again as soon as it is answered: the process opens
+    at most its pool's connections and serves every later request on them. (With 5 kept and
+    10 overflowing, each overflow connection was closed as it came back, then opened again.)"""
+    project = projects["postgres_migrations"]
+    opened = f"SELECT sessions FROM pg_stat_database WHERE datname = '{postgres['POSTGRES_DB']}'"
+    with serving(project, tmp_path / "app.log", project_env(**postgres, **ONE_WORKER)) as server:
+        wait_for_ready(server)
+        paths = [f"/items/{post_item(server.url, f'item {n}')['id']}" for n in range(4)]
+        before = int(postgres_server.psql(opened))
+        assert keep_alive_load(server.url, paths * 500, clients=16) == [200] * 2000
+        during = int(postgres_server.psql(opened)) - before
+    assert during <= 15, f"{during} connections opened for 2000 reads"
 
 
 # Run by a project's Python: ASGI calls into its app (lifespan and all), the four item routes in
