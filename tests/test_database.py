@@ -930,9 +930,8 @@ asyncio.run(main())
 def test_a_request_gives_its_connection_back_before_its_response_starts(
     projects: dict[str, Project], postgres: dict[str, str], tmp_path: Path, name: str
 ) -> None:
-    """The session closes when the route returns, not after the response is sent: under load,
-    a request waiting for a connection gets it before the client's next request does (with the
-    connection still lent out while its response went, waits at a full pool ran to 0.5 s)."""
+    """The session closes when the route returns, not after the response is sent: at a full
+    pool, a request waiting for a connection gets it before the client's next request does."""
     project = projects[name]
     database = postgres if project.answers["database"] == "postgresql" else {}
     env = project_env(**database, DATA_DIR=str(tmp_path))
