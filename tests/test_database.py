@@ -924,16 +924,18 @@ async def main():
 
 asyncio.run(main())
 """
+)
 
 
 @pytest.mark.parametrize("name", ["postgres_create_all", "sqlite_create_all"])
 def test_a_request_gives_its_connection_back_before_its_response_starts(
-    projects: dict[str, Project], postgres: dict[str, str], tmp_path: Path, name: str
+    projects: dict[str, Project], request: pytest.FixtureRequest, tmp_path: Path, name: str
 ) -> None:
     """The session closes when the route returns, not after the response is sent: at a full
     pool, a request waiting for a connection gets it before the client's next request does."""
     project = projects[name]
-    database = postgres if project.answers["database"] == "postgresql" else {}
+    postgresql = project.answers["database"] == "postgresql"
+    database = request.getfixturevalue("postgres") if postgresql else {}
     env = project_env(**database, DATA_DIR=str(tmp_path))
     script = tmp_path / "pool_at_response_start.py"
     script.write_text(POOL_AT_RESPONSE_START)
