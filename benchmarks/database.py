@@ -62,7 +62,15 @@ from pathlib import Path
 
 from tests.pgwire import RoundTrips
 from tests.postgres import PostgresServer, start_server
-from tests.project import free_port, http_get, install, render, snapshot, tool_env
+from tests.project import (
+    ASGI_HTTP_SCOPE,
+    free_port,
+    http_get,
+    install,
+    render,
+    snapshot,
+    tool_env,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 DATABASES = ("sqlite", "postgresql")
@@ -270,7 +278,8 @@ app.include_router(router)
 # Run by the project's Python: ASGI calls straight into the app with the benchmark's routes,
 # one at a time, and the process's CPU time (all threads) per call, written as JSON to a file
 # (the app logs each request on stdout, sent nowhere, as under Uvicorn here).
-ASGI_SCRIPT = """
+ASGI_SCRIPT = (
+    """
 import json
 import sys
 import time
@@ -281,15 +290,12 @@ import uvloop  # the loop Uvicorn runs the app on (uvicorn[standard])
 from benchmark_routes import app, opened
 
 out, calls, rounds, paths = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
-
+"""
+    + ASGI_HTTP_SCOPE
+    + """
 
 async def call(path):
-    scope = {
-        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
-        "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
-        "root_path": "", "headers": [(b"host", b"127.0.0.1")],
-        "client": ("127.0.0.1", 40000), "server": ("127.0.0.1", 8000),
-    }
+    scope = http_scope("GET", path)
     sent = []
 
     async def receive():
@@ -321,6 +327,7 @@ async def main():
 
 uvloop.run(main())
 """
+)
 
 POST_SCRIPT = """wrk.method = "POST"
 wrk.body = '{"name": "benchmark item", "description": "created under load"}'

@@ -236,6 +236,19 @@ def _commands(block: str) -> list[str]:
     return commands
 
 
+# Python for scripts a generated project's interpreter runs (the database benchmark's in-process
+# calls, the pool test's): the ASGI scope of one HTTP request to the app, as Uvicorn passes it.
+ASGI_HTTP_SCOPE = """
+def http_scope(method, path, headers=()):
+    return {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method,
+        "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
+        "root_path": "", "headers": [(b"host", b"127.0.0.1"), *headers],
+        "client": ("127.0.0.1", 40000), "server": ("127.0.0.1", 8000),
+    }
+"""
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -34,6 +34,7 @@ from tests import docker
 from tests.pgwire import RoundTrips
 from tests.postgres import PASSWORD, PostgresServer, start_server
 from tests.project import (
+    ASGI_HTTP_SCOPE,
     ci_check_steps,
     free_port,
     git,
@@ -884,21 +885,19 @@ def test_a_process_under_load_keeps_its_connections_for_the_next_requests(
 # Run by a project's Python: ASGI calls into its app (lifespan and all), the four item routes in
 # turn; per call its status and how many connections the pool has lent out when the response
 # starts, as JSON.
-POOL_AT_RESPONSE_START = """
+POOL_AT_RESPONSE_START = (
+    """
 import asyncio, importlib, json, os, sys
 
 sys.path.insert(0, os.getcwd())  # the project's root, as under Uvicorn
 app = importlib.import_module(sys.argv[1]).app
-
+"""
+    + ASGI_HTTP_SCOPE
+    + """
 
 async def call(method, path, body=b""):
     seen = {}
-    scope = {
-        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method,
-        "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
-        "root_path": "", "headers": [(b"host", b"test"), (b"content-type", b"application/json")],
-        "client": ("127.0.0.1", 40000), "server": ("127.0.0.1", 8000),
-    }
+    scope = http_scope(method, path, [(b"content-type", b"application/json")])
 
     async def receive():
         return {"type": "http.request", "body": body, "more_body": False}
