@@ -796,11 +796,10 @@ def report_in_process(in_process: dict[str, dict[str, float]], args: argparse.Na
     rows = [["database", "endpoint", "CPU us", "ratio CPU", "target", ""]]
     for database, cpu in in_process.items():
         for label, us in cpu.items():
-            comparisons: list[Comparison] = [
-                ([f"{cpu[reference.label] / us:.2f}x {reference.label}"], reference,
-                 cpu[reference.label] / us)
-                for reference in references(database, label, in_process=True)
-            ]  # fmt: skip
+            comparisons: list[Comparison] = []
+            for reference in references(database, label, in_process=True):
+                per_cpu = cpu[reference.label] / us
+                comparisons.append(([f"{per_cpu:.2f}x {reference.label}"], reference, per_cpu))
             rows += compared_rows([database, label, f"{us:.0f}"], comparisons, len(rows[0]))
     print_table(rows)
 
